@@ -1,0 +1,45 @@
+# `make run` and `make test` set themselves up on a fresh machine (virtualenv + pinned deps).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+SECRET_FILE := instance/jwt-secret
+
+.PHONY: run dev test lint fmt clean
+
+$(BIN)/activate: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $(BIN)/activate
+
+$(SECRET_FILE):
+	mkdir -p instance
+	$(PYTHON) -c "import secrets; print(secrets.token_urlsafe(48))" > $(SECRET_FILE)
+	chmod 600 $(SECRET_FILE)
+
+# Production server (gunicorn + gevent) on embedded defaults. A JWT secret is generated on
+# first run and kept in instance/ so tokens survive restarts; set JWT_SECRET_KEY to override.
+run: $(BIN)/activate $(SECRET_FILE)
+	JWT_SECRET_KEY="$${JWT_SECRET_KEY:-$$(cat $(SECRET_FILE))}" PORT=$(PORT) \
+		$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+
+# Flask's development server: same routes, same behaviour, real threads instead of gevent.
+dev: $(BIN)/activate $(SECRET_FILE)
+	JWT_SECRET_KEY="$${JWT_SECRET_KEY:-$$(cat $(SECRET_FILE))}" \
+		$(BIN)/flask --app wsgi run --port $(PORT)
+
+test: $(BIN)/activate
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(BIN)/activate
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: $(BIN)/activate
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

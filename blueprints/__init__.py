@@ -1,0 +1,1 @@
+"""Thin HTTP and WebSocket adapters over the gateway package."""

@@ -1,0 +1,78 @@
+"""Topics and observability (SPEC §3): /topics, /health, /stats."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint
+from flask_jwt_extended import jwt_required
+
+from gateway.broker import TopicExists, TopicNotFound
+from gateway.errors import ApiError
+from gateway.http import json_body, json_response
+from gateway.state import get_broker, uptime_seconds
+
+bp = Blueprint("topics", __name__)
+
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def _valid_name(name: object) -> str:
+    if not isinstance(name, str) or not _TOPIC_NAME.fullmatch(name):
+        raise ApiError(400, "topic name must be 1-128 characters of ASCII letters, digits and ._:-")
+    return name
+
+
+@bp.get("/health")
+def health():
+    """Report uptime, topic count and subscription count."""
+    broker = get_broker()
+    return json_response(
+        {
+            "uptime_sec": uptime_seconds(),
+            "topics": len(broker.topics()),
+            "subscribers": broker.subscriber_count(),
+        }
+    )
+
+
+@bp.get("/stats")
+def stats():
+    """Report messages published and subscribers, per topic."""
+    topics = {
+        t.name: {"messages": t.messages, "subscribers": t.subscribers}
+        for t in get_broker().topics()
+    }
+    return json_response({"topics": topics})
+
+
+@bp.post("/topics")
+@jwt_required()
+def create_topic():
+    """Create a topic."""
+    name = _valid_name(json_body().get("name"))
+    try:
+        get_broker().create_topic(name)
+    except TopicExists:
+        raise ApiError(409, f"topic {name!r} already exists") from None
+    return json_response({"status": "created", "topic": name}, 201)
+
+
+@bp.get("/topics")
+@jwt_required()
+def list_topics():
+    """List topics with their subscriber counts."""
+    topics = [{"name": t.name, "subscribers": t.subscribers} for t in get_broker().topics()]
+    return json_response({"topics": topics})
+
+
+@bp.delete("/topics/<name>")
+@jwt_required()
+def delete_topic(name: str):
+    """Delete a topic; its subscribers are told and stay connected."""
+    _valid_name(name)
+    try:
+        get_broker().delete_topic(name)
+    except TopicNotFound:
+        raise ApiError(404, f"topic {name!r} does not exist") from None
+    return json_response({"status": "deleted", "topic": name})

@@ -1,0 +1,122 @@
+"""The application factory: `create_app()` builds one self-contained gateway app."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import re
+import time
+import uuid
+import weakref
+from collections.abc import Mapping
+
+from flask import Flask, g, request
+from flask_cors import CORS
+
+from gateway import protocol, wsframes
+from gateway.auth import init_jwt
+from gateway.broker_memory import MemoryBroker
+from gateway.config import ConfigError, Settings, load_settings
+from gateway.errors import register_error_handlers
+from gateway.hub import Hub
+from gateway.logs import configure as configure_logging
+from gateway.state import EXTENSION, GatewayState
+from gateway.users import UserStore
+
+log = logging.getLogger("gateway.http")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
+    """Build a gateway app from the environment, or from `test_config` variables in tests."""
+    settings = load_settings(test_config)
+    configure_logging(settings.log_level)
+    app = Flask("gateway", instance_relative_config=True)
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_message_bytes,
+        SOCK_SERVER_OPTIONS={
+            "ping_interval": settings.heartbeat_interval or None,
+            "max_message_size": settings.max_message_bytes,
+        },
+    )
+    if test_config is not None:
+        app.config["TESTING"] = True
+    init_jwt(app, settings)
+    CORS(
+        app,
+        origins=list(settings.allowed_origins),
+        methods=list(settings.allowed_methods),
+        expose_headers=["X-Request-ID"],
+    )
+    register_error_handlers(app)
+    _install_request_log(app)
+
+    state = GatewayState(
+        settings=settings,
+        broker=_make_broker(settings),
+        users=UserStore(_database_path(app, settings)),
+        hub=Hub(settings.heartbeat_interval, settings.shutdown_grace_seconds),
+    )
+    app.extensions[EXTENSION] = state
+    # The Flask dev server ends on Ctrl-C by returning from serve_forever; draining here
+    # gives its open WebSockets the same goodbye that SIGTERM gives them under gunicorn.
+    atexit.register(_drain_at_exit, weakref.ref(state.hub))
+
+    from blueprints import topics, users, ws
+
+    app.register_blueprint(users.bp)
+    app.register_blueprint(topics.bp)
+    app.register_blueprint(ws.bp)
+    return app
+
+
+def _make_broker(settings: Settings) -> MemoryBroker:
+    def encode(event) -> bytes:
+        return wsframes.text(protocol.event(event))
+
+    return MemoryBroker(settings.ring_buffer_size, encode)
+
+
+def _database_path(app: Flask, settings: Settings) -> str:
+    url = settings.database_url
+    if url is None:
+        os.makedirs(app.instance_path, exist_ok=True)
+        return os.path.join(app.instance_path, "gateway.db")
+    if url.startswith("sqlite:///"):
+        return url.removeprefix("sqlite:///") or ":memory:"
+    if "://" in url:
+        raise ConfigError(f"DATABASE_URL {url!r} is not supported: use a file path or :memory:")
+    return url
+
+
+def _install_request_log(app: Flask) -> None:
+    @app.before_request
+    def start_request_log():
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex[:16]
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def write_request_log(response):
+        if g.get("websocket_served"):
+            return response  # the WebSocket logs its own connect and disconnect lines
+        response.headers["X-Request-ID"] = g.request_id
+        level = logging.INFO if response.status_code < 500 else logging.ERROR
+        log.log(
+            level,
+            "http id=%s method=%s path=%s status=%d ms=%.1f%s",
+            g.request_id,
+            request.method,
+            request.path,
+            response.status_code,
+            (time.perf_counter() - g.started) * 1000,
+            f" error={g.error!r}" if g.get("error") else "",
+        )
+        return response
+
+
+def _drain_at_exit(hub_ref: weakref.ref) -> None:
+    hub = hub_ref()
+    if hub is not None and hub.count():
+        hub.shutdown()

@@ -1,0 +1,121 @@
+"""The broker contract: topics, per-topic history and seq, and local fan-out.
+
+A broker knows messages, topics and subscribers; it knows nothing of Flask, JSON or sockets.
+Implementations sit beside this module (`broker_memory.MemoryBroker`); the blueprints only
+ever see this interface, so another transport can replace the memory one unchanged.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class TopicExists(Exception):
+    """The topic name is already taken."""
+
+
+class TopicNotFound(Exception):
+    """No topic has this name."""
+
+
+@dataclass(slots=True)
+class Event:
+    """One published message, as stored in the history ring and delivered to subscribers.
+
+    `wire` is the ready-to-send frame, built once per publish by the broker's encoder so that
+    fan-out to N subscribers costs N queue appends, not N serialisations.
+    """
+
+    topic: str
+    id: str
+    payload: Any
+    seq: int
+    timestamp: float
+    wire: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """What `subscribe` returns: the replayed history and the seq it runs up to."""
+
+    replay: list[Event]
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopicInfo:
+    """A snapshot of one topic for /topics, /stats and /health."""
+
+    name: str
+    subscribers: int
+    messages: int
+
+
+class Subscriber(Protocol):
+    """What the broker calls back on; implemented by a WebSocket connection.
+
+    Both methods are called with the broker's lock held, so they must not block: they only
+    append to the subscriber's own bounded queue.
+    """
+
+    def deliver(self, event: Event) -> None: ...
+
+    def topic_deleted(self, topic: str) -> None: ...
+
+
+Encoder = Callable[[Event], bytes]
+
+
+class Broker(ABC):
+    """Topics with a history ring and a per-topic seq, and fan-out to local subscribers.
+
+    Contract, for every implementation:
+    - `seq` starts at 1 when a topic is created and grows by one per published message;
+      every subscriber of a topic receives its events in `seq` order, each exactly once.
+    - `subscribe` registers the subscriber and snapshots the last `last_n` events atomically:
+      the replay ends at `Subscription.seq`, and every later event is delivered live.
+    - `publish` never blocks on a subscriber: delivery is an append to its own queue.
+    - deleting a topic tells each subscriber once (`topic_deleted`) and forgets them all;
+      a topic created again under the same name starts from an empty history and seq 1.
+    """
+
+    @abstractmethod
+    def create_topic(self, name: str) -> None:
+        """Create a topic; raise TopicExists if the name is taken."""
+
+    @abstractmethod
+    def delete_topic(self, name: str) -> None:
+        """Delete a topic and notify its subscribers; raise TopicNotFound if unknown."""
+
+    @abstractmethod
+    def topics(self) -> list[TopicInfo]:
+        """Return a snapshot of every topic, sorted by name."""
+
+    @abstractmethod
+    def publish(self, topic: str, message_id: str, payload: Any) -> Event:
+        """Assign the next seq, store the event in the ring and fan it out; raise TopicNotFound."""
+
+    @abstractmethod
+    def subscribe(self, topic: str, subscriber: Subscriber, last_n: int = 0) -> Subscription:
+        """Register a subscriber, returning up to `last_n` past events; raise TopicNotFound.
+
+        Subscribing again while subscribed keeps the one subscription and replays nothing.
+        """
+
+    @abstractmethod
+    def unsubscribe(self, topic: str, subscriber: Subscriber) -> None:
+        """Remove one subscription (a no-op if absent); raise TopicNotFound if unknown."""
+
+    @abstractmethod
+    def unsubscribe_all(self, subscriber: Subscriber) -> None:
+        """Remove every subscription of a subscriber that went away."""
+
+    @abstractmethod
+    def subscriber_count(self) -> int:
+        """Return the number of (subscriber, topic) subscriptions."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources held by the broker."""

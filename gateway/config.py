@@ -1,0 +1,101 @@
+"""Settings read from the environment (SPEC §1), validated once at start-up."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or invalid; the message names the variable."""
+
+
+LOG_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of the gateway, with SPEC §1 defaults."""
+
+    jwt_secret_key: str
+    allowed_origins: tuple[str, ...] = ("*",)
+    allowed_methods: tuple[str, ...] = ("*",)
+    log_level: int = logging.INFO
+    jwt_expires_minutes: int = 1440
+    ring_buffer_size: int = 100
+    subscriber_queue_size: int = 100
+    heartbeat_interval: int = 30
+    max_message_bytes: int = 65536
+    database_url: str | None = None
+    broker_url: str = "memory://"
+    write_timeout_seconds: float = 10.0
+    shutdown_grace_seconds: float = 10.0
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        """Tell whether a WebSocket upgrade from this Origin may proceed (SPEC §3)."""
+        if origin is None or "*" in self.allowed_origins:
+            return True
+        return origin in self.allowed_origins
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    items = tuple(part.strip() for part in env.get(name, "*").split(",") if part.strip())
+    return items or ("*",)
+
+
+def log_level_from(env: Mapping[str, str]) -> int:
+    """Return the logging level named by LOG_LEVEL, or raise ConfigError."""
+    raw = env.get("LOG_LEVEL", "info").strip().lower() or "info"
+    if raw not in LOG_LEVELS:
+        choices = ", ".join(LOG_LEVELS)
+        raise ConfigError(f"LOG_LEVEL must be one of {choices}; got {raw!r}")
+    return LOG_LEVELS[raw]
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from environment variables, raising ConfigError on bad values."""
+    env = os.environ if env is None else env
+    secret = env.get("JWT_SECRET_KEY", "")
+    if not secret.strip():
+        raise ConfigError("JWT_SECRET_KEY is required and must not be empty")
+    broker_url = env.get("BROKER_URL", "").strip() or "memory://"
+    if broker_url != "memory://":
+        raise ConfigError(
+            f"BROKER_URL {broker_url!r} is not supported: this build has memory:// only"
+        )
+    return Settings(
+        jwt_secret_key=secret,
+        allowed_origins=_list(env, "ALLOWED_CORS_ORIGIN"),
+        allowed_methods=_list(env, "ALLOWED_CORS_METHOD"),
+        log_level=log_level_from(env),
+        jwt_expires_minutes=_int(env, "JWT_EXPIRES_MINUTES", 1440, 1),
+        ring_buffer_size=_int(env, "RING_BUFFER_SIZE", 100, 0),
+        subscriber_queue_size=_int(env, "SUBSCRIBER_QUEUE_SIZE", 100, 1),
+        heartbeat_interval=_int(env, "HEARTBEAT_INTERVAL", 30, 0),
+        max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", 65536, 64),
+        database_url=env.get("DATABASE_URL", "").strip() or None,
+        broker_url=broker_url,
+        write_timeout_seconds=_int(env, "WRITE_TIMEOUT_SECONDS", 10, 1),
+        shutdown_grace_seconds=_int(env, "SHUTDOWN_GRACE_SECONDS", 10, 0),
+    )

@@ -1,0 +1,73 @@
+"""The live WebSocket sessions of one app: heartbeats for all, and a graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from gateway import protocol, wsframes
+from gateway.session import Session
+
+log = logging.getLogger("gateway.ws")
+
+
+class Hub:
+    """Registry of open sessions; sends `info`/`ping` heartbeats and drains on shutdown."""
+
+    def __init__(self, heartbeat_interval: int, shutdown_grace: float) -> None:
+        self._heartbeat_interval = heartbeat_interval
+        self._shutdown_grace = shutdown_grace
+        self._lock = threading.Lock()
+        self._sessions: set[Session] = set()
+        self._stopping = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        self.shutting_down = False
+
+    def add(self, session: Session) -> None:
+        """Register an open session (the first one starts the heartbeat)."""
+        with self._lock:
+            self._sessions.add(session)
+            if self._heartbeat is None and self._heartbeat_interval > 0:
+                self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+                self._heartbeat.start()
+
+    def remove(self, session: Session) -> None:
+        """Forget a session whose socket has closed."""
+        with self._lock:
+            self._sessions.discard(session)
+
+    def count(self) -> int:
+        """Return the number of open sessions."""
+        return len(self._sessions)
+
+    def _snapshot(self) -> list[Session]:
+        with self._lock:
+            return list(self._sessions)
+
+    def _beat(self) -> None:
+        while not self._stopping.wait(self._heartbeat_interval):
+            # One encoding per tick, shared by every connection.
+            frame = wsframes.text(protocol.heartbeat())
+            for session in self._snapshot():
+                session.outbox.push(frame)
+
+    def shutdown(self) -> None:
+        """Flush and close every session (SPEC §5.9); returns when all are gone or grace ends."""
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        self._stopping.set()
+        sessions = self._snapshot()
+        log.info("shutdown_begin sessions=%d grace=%ss", len(sessions), self._shutdown_grace)
+        notice = wsframes.text(protocol.shutdown())
+        for session in sessions:
+            # Queued events go out first: the notice and the close frame join the queue's tail.
+            session.outbox.close(1001, "server shutdown", notice)
+        deadline = time.monotonic() + self._shutdown_grace
+        while self.count() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = self._snapshot()
+        for session in left:
+            session.outbox.abort()
+        log.info("shutdown_done unflushed=%d", len(left))

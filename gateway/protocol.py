@@ -1,0 +1,188 @@
+"""Every WebSocket frame shape (SPEC §4): inbound text to a command, outbound frames to JSON.
+
+Nothing else in the code base builds frame dicts. Outbound functions return UTF-8 JSON bytes;
+`gateway.wsframes` wraps them into WebSocket frames.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from gateway.broker import Event
+
+BAD_REQUEST = "BAD_REQUEST"
+TOPIC_NOT_FOUND = "TOPIC_NOT_FOUND"
+SLOW_CONSUMER = "SLOW_CONSUMER"
+UNAUTHORIZED = "UNAUTHORIZED"
+INTERNAL = "INTERNAL"
+
+
+class ProtocolError(Exception):
+    """A client frame that cannot be served; becomes an `error` frame, the socket stays open."""
+
+    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    topic: str
+    last_n: int
+    request_id: str | None
+    client_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    topic: str
+    request_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    topic: str
+    message_id: str
+    payload: Any
+    request_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    request_id: str | None
+
+
+Command = Subscribe | Unsubscribe | Publish | Ping
+
+
+def decode(data: str | bytes) -> Command:
+    """Parse one client frame into a command, or raise ProtocolError(BAD_REQUEST)."""
+    if not isinstance(data, str):
+        raise ProtocolError(BAD_REQUEST, "binary frames are not supported; send JSON text")
+    try:
+        frame = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(BAD_REQUEST, f"invalid JSON: {exc}") from None
+    if not isinstance(frame, dict):
+        raise ProtocolError(BAD_REQUEST, "a frame must be a JSON object")
+    request_id = frame.get("request_id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise ProtocolError(BAD_REQUEST, "request_id must be a string")
+    try:
+        return _command(frame, request_id)
+    except ProtocolError as exc:
+        exc.request_id = request_id
+        raise
+
+
+def _command(frame: dict, request_id: str | None) -> Command:
+    kind = frame.get("type")
+    if kind == "ping":
+        return Ping(request_id)
+    if kind not in ("subscribe", "unsubscribe", "publish"):
+        what = "missing type" if kind is None else f"unknown type {kind!r}"
+        raise ProtocolError(
+            BAD_REQUEST, f"{what}; expected subscribe, unsubscribe, publish or ping"
+        )
+    topic = frame.get("topic")
+    if not isinstance(topic, str) or not topic:
+        raise ProtocolError(BAD_REQUEST, "topic must be a non-empty string")
+    if kind == "unsubscribe":
+        return Unsubscribe(topic, request_id)
+    if kind == "subscribe":
+        last_n = frame.get("last_n", 0)
+        if last_n is None:
+            last_n = 0
+        if type(last_n) is not int or last_n < 0:
+            raise ProtocolError(BAD_REQUEST, "last_n must be a non-negative integer")
+        client_id = frame.get("client_id")
+        if client_id is not None and not isinstance(client_id, str):
+            raise ProtocolError(BAD_REQUEST, "client_id must be a string")
+        return Subscribe(topic, last_n, request_id, client_id)
+    message = frame.get("message")
+    if not isinstance(message, dict):
+        raise ProtocolError(BAD_REQUEST, "message must be an object with id and payload")
+    message_id = message.get("id")
+    if not isinstance(message_id, str) or not message_id:
+        raise ProtocolError(BAD_REQUEST, "message.id must be a non-empty string")
+    if "payload" not in message:
+        raise ProtocolError(BAD_REQUEST, "message.payload is required (null is allowed)")
+    return Publish(topic, message_id, message["payload"], request_id)
+
+
+def iso(timestamp: float) -> str:
+    """Format epoch seconds as UTC ISO-8601 with milliseconds and a Z suffix."""
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _frame(body: dict) -> bytes:
+    body["ts"] = iso(time.time())
+    return orjson.dumps(body)
+
+
+def _with_request_id(body: dict, request_id: str | None) -> dict:
+    if request_id is not None:
+        body["request_id"] = request_id
+    return body
+
+
+def ack(topic: str, request_id: str | None, seq: int | None = None) -> bytes:
+    """Encode an `ack`; a publish ack carries the seq the message was given."""
+    body = _with_request_id({"type": "ack"}, request_id)
+    body["topic"] = topic
+    body["status"] = "ok"
+    if seq is not None:
+        body["seq"] = seq
+    return _frame(body)
+
+
+def error(code: str, message: str, request_id: str | None = None) -> bytes:
+    """Encode an `error` frame."""
+    body = _with_request_id({"type": "error"}, request_id)
+    body["error"] = {"code": code, "message": message}
+    return _frame(body)
+
+
+def pong(request_id: str | None) -> bytes:
+    """Encode a `pong` frame."""
+    return _frame(_with_request_id({"type": "pong"}, request_id))
+
+
+def event(item: Event) -> bytes:
+    """Encode an `event` frame for one published message."""
+    message = {
+        "id": item.id,
+        "payload": item.payload,
+        "topic": item.topic,
+        "timestamp": iso(item.timestamp),
+        "seq": item.seq,
+    }
+    return _frame({"type": "event", "topic": item.topic, "message": message})
+
+
+def heartbeat() -> bytes:
+    """Encode the `info`/`ping` heartbeat frame."""
+    return _frame({"type": "info", "msg": "ping"})
+
+
+def topic_deleted(topic: str) -> bytes:
+    """Encode the `info`/`topic_deleted` notice."""
+    return _frame({"type": "info", "topic": topic, "msg": "topic_deleted"})
+
+
+def dropped(topic: str, count: int) -> bytes:
+    """Encode the `info`/`dropped` notice for `count` events lost on `topic`."""
+    return _frame({"type": "info", "msg": "dropped", "topic": topic, "count": count})
+
+
+def shutdown() -> bytes:
+    """Encode the `info`/`shutdown` notice sent before a 1001 close."""
+    return _frame({"type": "info", "msg": "shutdown"})

@@ -1,0 +1,131 @@
+"""One WebSocket client's session: its commands, its subscriptions and its outbox.
+
+A Session is the broker's Subscriber for that connection. It turns decoded commands into
+broker calls and replies, and keeps SPEC §5's promises at the edges of a subscription:
+the `ack` comes before the replay, the replay before live events, and no event of a topic
+arrives after its `unsubscribe` ack.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from gateway import protocol, wsframes
+from gateway.broker import Broker, Event, TopicNotFound
+from gateway.outbox import Outbox
+from gateway.protocol import ProtocolError
+
+log = logging.getLogger("gateway.ws")
+
+
+class Session:
+    """The command handler and Subscriber of one WebSocket connection."""
+
+    def __init__(self, conn_id: str, user_id: str, broker: Broker, outbox: Outbox) -> None:
+        self.conn_id = conn_id
+        self.user_id = user_id
+        self.outbox = outbox
+        self._broker = broker
+        self._lock = threading.Lock()
+        # Topics whose subscribe is in flight: live events wait here until the ack and the
+        # replay are queued, so that they follow the replay with no gap and no duplicate.
+        self._held: dict[str, list[Event]] = {}
+
+    # Subscriber (called by the broker, under its lock: must not block) -----------------
+
+    def deliver(self, event: Event) -> None:
+        """Queue one live event for this connection."""
+        if self._held:
+            with self._lock:
+                held = self._held.get(event.topic)
+                if held is not None:
+                    held.append(event)
+                    return
+        self.outbox.push_event(event.topic, event.wire)
+
+    def topic_deleted(self, topic: str) -> None:
+        """Tell the client that a topic it subscribed to is gone."""
+        self.outbox.push(wsframes.text(protocol.topic_deleted(topic)))
+
+    # Commands ------------------------------------------------------------------------
+
+    def handle(self, data: str | bytes) -> None:
+        """Serve one client frame; protocol mistakes become `error` frames."""
+        try:
+            command = protocol.decode(data)
+            self._dispatch(command)
+        except ProtocolError as exc:
+            log.info(
+                "ws_rejected conn=%s code=%s request_id=%s message=%s",
+                self.conn_id,
+                exc.code,
+                exc.request_id,
+                exc.message,
+            )
+            self._reply(protocol.error(exc.code, exc.message, exc.request_id))
+
+    def close(self) -> None:
+        """Drop every subscription of this connection."""
+        self._broker.unsubscribe_all(self)
+
+    def _dispatch(self, command: protocol.Command) -> None:
+        if isinstance(command, protocol.Publish):
+            self._publish(command)
+        elif isinstance(command, protocol.Subscribe):
+            self._subscribe(command)
+        elif isinstance(command, protocol.Unsubscribe):
+            self._unsubscribe(command)
+        else:
+            self._reply(protocol.pong(command.request_id))
+
+    def _publish(self, command: protocol.Publish) -> None:
+        try:
+            event = self._broker.publish(command.topic, command.message_id, command.payload)
+        except TopicNotFound:
+            raise _not_found(command.topic, command.request_id) from None
+        self._reply(protocol.ack(command.topic, command.request_id, event.seq))
+
+    def _subscribe(self, command: protocol.Subscribe) -> None:
+        topic = command.topic
+        with self._lock:
+            self._held[topic] = []
+        try:
+            subscription = self._broker.subscribe(topic, self, command.last_n)
+        except TopicNotFound:
+            with self._lock:
+                del self._held[topic]
+            raise _not_found(topic, command.request_id) from None
+        with self._lock:
+            held = self._held[topic]
+            self._reply(protocol.ack(topic, command.request_id))
+            for event in subscription.replay:
+                # Replayed events keep their timestamp and seq; `ts` is the time of sending.
+                self.outbox.push_event(topic, wsframes.text(protocol.event(event)))
+            for event in held:
+                if event.seq > subscription.seq:
+                    self.outbox.push_event(topic, event.wire)
+            # Removed last: `deliver` reads `_held` without the lock when it looks empty.
+            del self._held[topic]
+        log.debug(
+            "ws_subscribed conn=%s topic=%s last_n=%d replayed=%d client_id=%s",
+            self.conn_id,
+            topic,
+            command.last_n,
+            len(subscription.replay),
+            command.client_id,
+        )
+
+    def _unsubscribe(self, command: protocol.Unsubscribe) -> None:
+        try:
+            self._broker.unsubscribe(command.topic, self)
+        except TopicNotFound:
+            raise _not_found(command.topic, command.request_id) from None
+        self._reply(protocol.ack(command.topic, command.request_id))
+
+    def _reply(self, body: bytes) -> None:
+        self.outbox.push(wsframes.text(body))
+
+
+def _not_found(topic: str, request_id: str | None) -> ProtocolError:
+    return ProtocolError(protocol.TOPIC_NOT_FOUND, f"topic {topic!r} does not exist", request_id)

@@ -1,0 +1,55 @@
+"""Per-app objects kept in `app.extensions`, reached through small accessors."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from flask import current_app
+
+from gateway.broker import Broker
+from gateway.config import Settings
+from gateway.hub import Hub
+from gateway.users import UserStore
+
+EXTENSION = "gateway"
+
+
+@dataclass
+class GatewayState:
+    """Everything one gateway app owns."""
+
+    settings: Settings
+    broker: Broker
+    users: UserStore
+    hub: Hub
+    started_at: float = field(default_factory=time.monotonic)
+
+
+def _state() -> GatewayState:
+    return current_app.extensions[EXTENSION]
+
+
+def get_settings() -> Settings:
+    """Return the current app's Settings."""
+    return _state().settings
+
+
+def get_broker() -> Broker:
+    """Return the current app's broker."""
+    return _state().broker
+
+
+def get_user_store() -> UserStore:
+    """Return the current app's user store."""
+    return _state().users
+
+
+def get_hub() -> Hub:
+    """Return the current app's WebSocket hub."""
+    return _state().hub
+
+
+def uptime_seconds() -> int:
+    """Return whole seconds since the app was created."""
+    return int(time.monotonic() - _state().started_at)

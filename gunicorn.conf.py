@@ -1,0 +1,91 @@
+"""gunicorn settings: `gunicorn -c gunicorn.conf.py wsgi:app` (SPEC §6).
+
+The only reader of PORT and of worker settings. Configuration is validated here, in the
+master, so that a bad value stops the whole server at once instead of leaving gunicorn
+respawning a worker that can never boot.
+"""
+
+import os
+import resource
+import sys
+
+from gateway.config import ConfigError, load_settings
+
+
+def _fail(message):
+    print(f"configuration error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+try:
+    _settings = load_settings()
+    _port = int(os.environ.get("PORT", "8000"))
+    if not 0 < _port < 65536:
+        raise ValueError
+except ConfigError as exc:
+    _fail(exc)
+except ValueError:
+    _fail(f"PORT must be a port number, got {os.environ.get('PORT')!r}")
+
+bind = f"0.0.0.0:{_port}"
+worker_class = "gevent"
+# The memory broker keeps all state in one process: one worker (checked in on_starting).
+workers = int(os.environ.get("WEB_CONCURRENCY", "1") or "1")
+# Concurrent connections per worker; gevent's default of 1000 makes the 1001st hang.
+worker_connections = 20000
+# gunicorn waits this long for open WebSockets after SIGTERM; the app drains within
+# SHUTDOWN_GRACE_SECONDS and needs a moment more to close sockets and exit.
+graceful_timeout = _settings.shutdown_grace_seconds + 5
+timeout = 30
+keepalive = 5
+loglevel = {10: "debug", 20: "info", 30: "warning", 40: "error"}[_settings.log_level]
+errorlog = "-"
+# gunicorn 27's control socket sits at one per-user path: several gateways on one host
+# (tests, blue/green) would fight over it, and nothing here uses it.
+control_socket_disable = True
+# No access log by default (the app logs one line per request, without query strings).
+# If one is enabled with --access-logfile, this format leaves the query string out, so
+# that `?token=` never reaches it.
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
+
+
+def on_starting(server):
+    """Refuse several workers with the memory broker; raise the open-files limit."""
+    if server.cfg.workers > 1 and _settings.broker_url == "memory://":
+        _fail(
+            f"{server.cfg.workers} workers requested but BROKER_URL is memory://: "
+            "state lives in one process, so run one worker (WEB_CONCURRENCY=1)"
+        )
+    wanted = server.cfg.worker_connections + 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(hard, wanted)))
+        except (ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            server.log.warning(
+                "open-files limit is %d, below the %d that %d connections need",
+                hard,
+                wanted,
+                server.cfg.worker_connections,
+            )
+
+
+def post_worker_init(worker):
+    """Chain a drain of the app's WebSockets onto the worker's SIGTERM handling."""
+    import signal
+
+    import gevent
+
+    from gateway.state import EXTENSION
+
+    hub = worker.wsgi.extensions[EXTENSION].hub
+    stop_worker = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        # Runs in the signal context: start the drain in its own greenlet, then let
+        # gunicorn stop accepting and wait (up to graceful_timeout) for handlers to end.
+        gevent.spawn(hub.shutdown)
+        stop_worker(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
