@@ -15,6 +15,7 @@ import logging
 import select
 import socket
 import threading
+import time
 from collections import deque
 
 from gateway import protocol, wsframes
@@ -224,11 +225,17 @@ class Outbox:
         """Write all of `data`, failing with WriteTimeout if no byte goes out for `timeout`."""
         timeout = self._write_timeout if timeout is None else timeout
         view = memoryview(data)
+        deadline = time.monotonic() + timeout
         while view:
             sent = send_nowait(self._sock, view, self._gevent)
             if sent:
                 view = view[sent:]
-            elif not wait_writable(self._sock, timeout, self._gevent):
+                deadline = time.monotonic() + timeout
+                continue
+            # The deadline, not the wait, bounds this: a socket may poll writable and still
+            # take nothing, and that must not spin forever.
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not wait_writable(self._sock, remaining, self._gevent):
                 raise WriteTimeout(bytes(view))
 
 
