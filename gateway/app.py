@@ -26,6 +26,7 @@ from gateway.users import UserStore
 
 log = logging.getLogger("gateway.http")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_EVERY_METHOD = ("GET", "HEAD", "POST", "OPTIONS", "PUT", "PATCH", "DELETE")
 
 
 def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
@@ -43,10 +44,13 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     if test_config is not None:
         app.config["TESTING"] = True
     init_jwt(app, settings)
+    # flask-cors matches a preflight's method by substring, so "*" would match nothing:
+    # spell out every method instead.
+    methods = _EVERY_METHOD if "*" in settings.allowed_methods else settings.allowed_methods
     CORS(
         app,
         origins=list(settings.allowed_origins),
-        methods=list(settings.allowed_methods),
+        methods=list(methods),
         expose_headers=["X-Request-ID"],
     )
     register_error_handlers(app)

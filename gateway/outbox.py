@@ -28,6 +28,8 @@ OPEN, CLOSING, CLOSED = "open", "closing", "closed"
 _BATCH_BYTES = 256 * 1024
 # How long a server-initiated close waits for the client's close reply before cutting TCP.
 _CLOSE_REPLY_SECONDS = 3.0
+# How long a closing connection reads what the client still sends before the server closes.
+_LINGER_SECONDS = 2.0
 # Best-effort budget for the SLOW_CONSUMER error and 4008 close of a stuck socket.
 _SLOW_GOODBYE_SECONDS = 1.0
 
@@ -125,6 +127,25 @@ class Outbox:
         if self._writer.is_alive():
             self._cut()
             self._writer.join(1.0)
+        self._linger()
+
+    def _linger(self) -> None:
+        """Half-close and read until the peer closes, so our last frames are not lost.
+
+        Closing a socket that still has unread input (the rest of an oversized message, a
+        close reply) makes the kernel send RST, and an RST can destroy the close frame we
+        just sent before the client reads it. Only done once the library's reader has ended,
+        so that this is the only reader of the socket.
+        """
+        if not self._peer_closed.is_set():
+            return
+        deadline = time.monotonic() + _LINGER_SECONDS
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+            while (remaining := deadline - time.monotonic()) > 0:
+                self._sock.settimeout(remaining)
+                if not self._sock.recv(65536):
+                    break
 
     def pending(self) -> int:
         """Return the number of frames waiting to be written."""
