@@ -24,10 +24,7 @@ log = logging.getLogger("gateway.ws")
 
 @bp.before_request
 def check_upgrade():
-    """Refuse before any upgrade: shutting down (503), foreign Origin (403), bad token (401)."""
-    if get_hub().shutting_down:
-        log.info("ws_rejected status=503 reason=shutting_down")
-        return error_response(503, "server is shutting down")
+    """Refuse before any upgrade: foreign Origin (403), bad token (401)."""
     if not get_settings().origin_allowed(request.headers.get("Origin")):
         log.info("ws_rejected status=403 origin=%r", request.headers.get("Origin"))
         return error_response(403, "origin not allowed")

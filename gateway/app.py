@@ -18,7 +18,7 @@ from gateway import protocol, wsframes
 from gateway.auth import init_jwt
 from gateway.broker_memory import MemoryBroker
 from gateway.config import ConfigError, Settings, load_settings
-from gateway.errors import register_error_handlers
+from gateway.errors import error_response, register_error_handlers
 from gateway.hub import Hub
 from gateway.logs import configure as configure_logging
 from gateway.state import EXTENSION, GatewayState
@@ -100,6 +100,11 @@ def _install_request_log(app: Flask) -> None:
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex[:16]
         g.started = time.perf_counter()
+        if app.extensions[EXTENSION].hub.shutting_down:
+            # gunicorn stops accepting within a second of SIGTERM; until then, and on the
+            # dev server, new requests are turned away so load balancers move on (SPEC §5.9).
+            return error_response(503, "server is shutting down")
+        return None
 
     @app.after_request
     def write_request_log(response):

@@ -75,6 +75,9 @@ def decode(data: str | bytes) -> Command:
     request_id = frame.get("request_id")
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError(BAD_REQUEST, "request_id must be a string")
+    client_id = frame.get("client_id")
+    if client_id is not None and not isinstance(client_id, str):
+        raise ProtocolError(BAD_REQUEST, "client_id must be a string", request_id)
     try:
         return _command(frame, request_id)
     except ProtocolError as exc:
@@ -102,10 +105,7 @@ def _command(frame: dict, request_id: str | None) -> Command:
             last_n = 0
         if type(last_n) is not int or last_n < 0:
             raise ProtocolError(BAD_REQUEST, "last_n must be a non-negative integer")
-        client_id = frame.get("client_id")
-        if client_id is not None and not isinstance(client_id, str):
-            raise ProtocolError(BAD_REQUEST, "client_id must be a string")
-        return Subscribe(topic, last_n, request_id, client_id)
+        return Subscribe(topic, last_n, request_id, frame.get("client_id"))
     message = frame.get("message")
     if not isinstance(message, dict):
         raise ProtocolError(BAD_REQUEST, "message must be an object with id and payload")

@@ -1,0 +1,80 @@
+"""SIGTERM drains queued events, says goodbye with info/shutdown and 1001, exits 0 (SPEC §5.9)."""
+
+from __future__ import annotations
+
+import time
+from http.client import HTTPException
+
+from harness import RawClosed, RawWS, check_event, create_topic, http, register, ws_connect
+from websockets.exceptions import InvalidStatus
+
+GRACE = 4
+
+
+def new_connection_outcome(srv, token) -> str:
+    """Try a fresh HTTP request and a fresh WebSocket; describe what happened."""
+    outcomes = []
+    try:
+        status, _ = http("GET", srv.url + "/health", timeout=3)
+        outcomes.append(f"http {status}")
+    except TimeoutError:
+        outcomes.append("http hung")
+    except (OSError, HTTPException) as exc:
+        outcomes.append(f"http refused ({type(exc).__name__})")
+    try:
+        ws_connect(srv, token).close()
+        outcomes.append("ws 101")
+    except InvalidStatus as exc:
+        outcomes.append(f"ws {exc.response.status_code}")
+    except TimeoutError:
+        outcomes.append("ws hung")
+    except Exception as exc:  # noqa: BLE001 - any refusal shape is fine
+        outcomes.append(f"ws refused ({type(exc).__name__})")
+    return ", ".join(outcomes)
+
+
+def test_sigterm_flushes_queued_events_then_shutdown_and_1001(server_factory):
+    srv = server_factory(env={"SHUTDOWN_GRACE_SECONDS": GRACE, "SUBSCRIBER_QUEUE_SIZE": 200})
+    token = register(srv)
+    topic = create_topic(srv, token)
+
+    # A subscriber that is not reading yet, with a tiny receive buffer: events pile up server side.
+    sub = RawWS(srv.port, token, rcvbuf=4096)
+    sub.send_json({"type": "subscribe", "topic": topic, "request_id": "s"})
+    assert sub.recv_json()["type"] == "ack"
+    idle = ws_connect(srv, token)
+    pub = ws_connect(srv, header_token=token)
+    # ~3 MB fit in the kernel buffers on loopback; 300 x 16 KB leaves ~100 events queued in
+    # the server (below SUBSCRIBER_QUEUE_SIZE, so none may be dropped) when SIGTERM arrives.
+    sent = [pub.publish(topic, "z" * 16384)["seq"] for _ in range(300)]
+    assert sent == list(range(1, 301))
+
+    srv.send_signal()
+    time.sleep(0.2)  # well inside the grace period, while the subscriber holds unread events
+    outcome = new_connection_outcome(srv, token)
+
+    frames = []
+    try:
+        while True:
+            frames.append(sub.recv_json(timeout=GRACE + 3))
+    except RawClosed as closed:
+        close_code = closed.code
+    events = [check_event(f, topic)["seq"] for f in frames if f["type"] == "event"]
+    assert events == sent, f"queued events lost at shutdown: got {len(events)} of {len(sent)}"
+    non_events = [f for f in frames if f["type"] != "event" and f.get("msg") != "ping"]
+    assert [(f["type"], f.get("msg")) for f in non_events] == [("info", "shutdown")], non_events
+    assert frames[-1]["type"] == "info" and frames[-1]["msg"] == "shutdown", frames[-1]
+    assert close_code == 1001, f"close code {close_code}, expected 1001"
+    sub.close()
+
+    for client in (idle, pub):
+        got, code = client.until_closed(timeout=GRACE + 3)
+        got = [f for f in got if not (f["type"] == "info" and f.get("msg") == "ping")]
+        assert [(f["type"], f.get("msg")) for f in got] == [("info", "shutdown")], got
+        assert code == 1001, code
+
+    rc = srv.wait_exit(GRACE + 5)
+    assert rc == 0, f"exit code {rc} after SIGTERM\n{srv.log_tail()}"
+    assert not any(word in outcome for word in ("200", "101", "hung")), (
+        f"a new connection during the drain was served: {outcome}\n{srv.log_tail()}"
+    )
