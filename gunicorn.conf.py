@@ -56,18 +56,23 @@ def on_starting(server):
             f"{server.cfg.workers} workers requested but BROKER_URL is memory://: "
             "state lives in one process, so run one worker (WEB_CONCURRENCY=1)"
         )
-    wanted = server.cfg.worker_connections + 1024
+    # Each connection is one descriptor; keep a margin for listeners, the database, logs.
+    margin = 1024
+    wanted = server.cfg.worker_connections + margin
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < wanted:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(hard, wanted)))
         except (ValueError, OSError):
+            # Not allowed to raise the hard limit: use all of it, and accept only as many
+            # connections as fit, so that the next one waits instead of failing with EMFILE.
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            server.cfg.set("worker_connections", hard - margin)
             server.log.warning(
-                "open-files limit is %d, below the %d that %d connections need",
+                "open-files hard limit is %d: worker_connections lowered to %d "
+                "(raise the limit, e.g. ulimit -n or LimitNOFILE, for more)",
                 hard,
-                wanted,
-                server.cfg.worker_connections,
+                hard - margin,
             )
 
 

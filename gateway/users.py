@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from gateway.offload import run_blocking
+from gateway.offload import CpuPool
 
 _USERNAME = re.compile(r"[A-Za-z0-9_.\-@]{1,64}")
 
@@ -62,7 +62,8 @@ def validate_registration(body: dict) -> tuple[str, str, str | None]:
 class UserStore:
     """Accounts in SQLite: one connection shared behind a lock (a file or `:memory:`)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, cpu: CpuPool | None = None) -> None:
+        self._cpu = cpu or CpuPool()
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         if path != ":memory:":
@@ -75,7 +76,7 @@ class UserStore:
 
     def register(self, username: str, password: str, email: str | None) -> User:
         """Create an account; raise UsernameTaken if the name exists."""
-        password_hash = run_blocking(generate_password_hash, password)
+        password_hash = self._cpu.run(generate_password_hash, password)
         now = time.time()
         user = User(uuid.uuid4().hex, username, email, now, now)
         try:
@@ -97,7 +98,7 @@ class UserStore:
                 (username,),
             ).fetchone()
         stored = row[5] if row else _dummy_hash()
-        if not run_blocking(check_password_hash, stored, password) or row is None:
+        if not self._cpu.run(check_password_hash, stored, password) or row is None:
             return None
         return User(*row[:5])
 
