@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import select
 import socket
 import threading
 import time
 from collections import deque
 
 from gateway import protocol, wsframes
+from gateway.wire import is_gevent_socket, send_nowait, wait_writable
 
 log = logging.getLogger("gateway.ws")
 
@@ -48,7 +48,7 @@ class Outbox:
     def __init__(self, sock, conn_id: str, queue_size: int, write_timeout: float) -> None:
         self.conn_id = conn_id
         self._sock = sock
-        self._gevent = _is_gevent_socket(sock)
+        self._gevent = is_gevent_socket(sock)
         self._queue_size = queue_size
         # Control frames are never dropped, so a client that floods requests without
         # reading the replies is cut off here instead of growing memory without bound.
@@ -258,35 +258,3 @@ class Outbox:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not wait_writable(self._sock, remaining, self._gevent):
                 raise WriteTimeout(bytes(view))
-
-
-def _is_gevent_socket(sock) -> bool:
-    try:
-        from gevent import socket as gsocket
-    except ImportError:  # pragma: no cover - gevent is a hard dependency
-        return False
-    return isinstance(sock, gsocket.socket)
-
-
-def send_nowait(sock, view: memoryview, is_gevent: bool) -> int:
-    """Send what the kernel takes now, returning 0 instead of blocking."""
-    try:
-        if is_gevent:
-            return sock.send(view, 0, 0.0)
-        return sock.send(view, socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return 0
-
-
-def wait_writable(sock, timeout: float, is_gevent: bool) -> bool:
-    """Wait until the socket can take bytes; False when `timeout` passes first."""
-    if is_gevent:
-        from gevent.socket import wait_write
-
-        try:
-            wait_write(sock.fileno(), timeout=timeout, timeout_exc=WriteTimeout)
-        except WriteTimeout:
-            return False
-        return True
-    _, writable, _ = select.select([], [sock], [], timeout)
-    return bool(writable)

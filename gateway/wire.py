@@ -1,14 +1,22 @@
-"""The socket that simple-websocket sees: reads go to the network, writes join the outbox.
+"""Bytes on the socket: non-blocking sends for the writer, and the socket the library sees.
+
+The send helpers work on a gevent socket (gunicorn's worker) and on a plain one (the Flask
+dev server's threads) alike.
 
 flask-sock builds a `simple_websocket.Server` from the raw socket in the WSGI environ. We put
-this object there instead, so that the library's own writes (the handshake, pongs, pings and
+a WireSocket there instead, so that the library's own writes (the handshake, pongs, pings and
 close replies) go through the connection's single writer as whole frames, in order with
 ours, and never straight to the socket from the library's reader thread.
 """
 
 from __future__ import annotations
 
-from gateway.outbox import Outbox
+import select
+import socket
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.outbox import Outbox
 
 _SOCKET_KEYS = ("werkzeug.socket", "gunicorn.socket")
 
@@ -58,3 +66,36 @@ class WireSocket:
         self._reader_ended = True
         if self._outbox is not None:
             self._outbox.peer_closed()
+
+
+def is_gevent_socket(sock) -> bool:
+    """Tell whether `sock` is a gevent socket (cooperative waits) or a plain one."""
+    try:
+        from gevent import socket as gsocket
+    except ImportError:  # pragma: no cover - gevent is a hard dependency
+        return False
+    return isinstance(sock, gsocket.socket)
+
+
+def send_nowait(sock, view: memoryview, is_gevent: bool) -> int:
+    """Send what the kernel takes now, returning 0 instead of blocking."""
+    try:
+        if is_gevent:
+            return sock.send(view, 0, 0.0)
+        return sock.send(view, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return 0
+
+
+def wait_writable(sock, timeout: float, is_gevent: bool) -> bool:
+    """Wait until the socket can take bytes; False when `timeout` passes first."""
+    if is_gevent:
+        from gevent.socket import wait_write
+
+        try:
+            wait_write(sock.fileno(), timeout=timeout, timeout_exc=TimeoutError)
+        except TimeoutError:
+            return False
+        return True
+    _, writable, _ = select.select([], [sock], [], timeout)
+    return bool(writable)
