@@ -83,6 +83,10 @@ def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "c
 # Server process
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Server:
     """One gateway process (gunicorn or the Flask dev server) on a free port."""
 
@@ -151,6 +155,9 @@ class Server:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # A test run launched in the background inherits an ignored SIGINT, and Python
+            # would then ignore the dev server's Ctrl-C too: give it the default back.
+            preexec_fn=_default_sigint,
         )
         return self
 

@@ -57,9 +57,13 @@ def exercise_with_secrets(srv) -> list[str]:
     return secrets
 
 
-@pytest.mark.parametrize("kind", ["gunicorn", "flask"])
-def test_logs_contain_no_tokens_or_passwords(server_factory, kind):
-    srv = server_factory(env={"LOG_LEVEL": "debug"}, kind=kind)
+@pytest.mark.parametrize(
+    ("kind", "args"),
+    [("gunicorn", ()), ("gunicorn", ("--access-logfile", "-")), ("flask", ())],
+    ids=["gunicorn", "gunicorn-access-log", "flask"],
+)
+def test_logs_contain_no_tokens_or_passwords(server_factory, kind, args):
+    srv = server_factory(env={"LOG_LEVEL": "debug"}, kind=kind, args=args)
     secrets = exercise_with_secrets(srv)
     srv.stop(timeout=15, sig=signal.SIGTERM if kind == "gunicorn" else signal.SIGINT)
     log = srv.log_text()
