@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 SECRET_FILE := instance/jwt-secret
 
-.PHONY: run dev test lint fmt clean
+.PHONY: run dev test lint fmt clean bench
 
 $(BIN)/activate: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,5 +41,16 @@ fmt: $(BIN)/activate
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The benchmark has its own virtualenv (picows, uvloop, Flask-SocketIO for the peer).
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/bin/activate: bench/requirements.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet -r bench/requirements.txt
+	touch $(BENCH_VENV)/bin/activate
+
+# The standard set against the gateway, Flask-SocketIO and the ceiling server (see bench/README.md).
+bench: $(BIN)/activate $(BENCH_VENV)/bin/activate
+	$(BENCH_VENV)/bin/python bench/run_standard.py --gateway-python $(BIN)/python $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .ruff_cache
