@@ -36,10 +36,9 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     app = Flask("gateway", instance_relative_config=True)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_message_bytes,
-        SOCK_SERVER_OPTIONS={
-            "ping_interval": settings.heartbeat_interval or None,
-            "max_message_size": settings.max_message_bytes,
-        },
+        # No ping_interval: the hub sends WebSocket pings itself, so the library's reader is
+        # a plain recv loop with no selector of its own per connection.
+        SOCK_SERVER_OPTIONS={"max_message_size": settings.max_message_bytes},
     )
     if test_config is not None:
         app.config["TESTING"] = True

@@ -46,11 +46,22 @@ class Hub:
             return list(self._sessions)
 
     def _beat(self) -> None:
-        while not self._stopping.wait(self._heartbeat_interval):
+        """Every interval: `info`/`ping` plus a WebSocket ping to all; close the silent ones.
+
+        A live client answers each WebSocket ping with a pong, so one that has sent nothing
+        for two intervals is gone (SPEC §5.7) and is closed with 1008.
+        """
+        interval = self._heartbeat_interval
+        while not self._stopping.wait(interval):
             # One encoding per tick, shared by every connection.
-            frame = wsframes.text(protocol.heartbeat())
+            frame = wsframes.text(protocol.heartbeat()) + wsframes.PING
+            silent_since = time.monotonic() - 2 * interval
             for session in self._snapshot():
-                session.outbox.push(frame)
+                if session.outbox.last_heard < silent_since:
+                    log.info("ws_ping_timeout conn=%s", session.conn_id)
+                    session.outbox.close(1008, "ping timeout")
+                else:
+                    session.outbox.push(frame)
 
     def shutdown(self) -> None:
         """Flush and close every session (SPEC §5.9); returns when all are gone or grace ends."""

@@ -1,11 +1,17 @@
-"""A connection's outbound side: one bounded queue, one writer, whole frames on the wire.
+"""A connection's outbound side: one bounded queue, one writer at a time, whole frames.
 
 SPEC §5.4: events beyond `queue_size` drop the oldest *event* (control frames are never
 dropped); the next event of a topic that lost events is preceded by one `info`/`dropped`
 notice; a socket that accepts no bytes for `write_timeout` seconds is a slow consumer and
-is closed with 4008. The writer is the only code that writes to the socket after the
-handshake, and it always writes whole frames (SPEC §10: simple-websocket's own `send`
-ignores partial writes and corrupts the stream of a slow reader).
+is closed with 4008. Only the outbox writes to the socket after the handshake, and always
+whole frames (SPEC §10: simple-websocket's own `send` ignores partial writes).
+
+How bytes go out. Frames are queued, and a flush is scheduled: under gevent it runs as a
+loop callback when the current greenlet yields, so everything queued in this tick leaves
+in one non-blocking `send`, with no greenlet switch per delivery; under real threads (the
+Flask dev server) it runs at once in the caller. Only when the kernel will not take
+everything does a writer start: it owns the socket, waits for it with a deadline, and ends
+when the queue is empty. An idle connection has no writer at all.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import time
 from collections import deque
 
 from gateway import protocol, wsframes
-from gateway.wire import is_gevent_socket, send_nowait, wait_writable
+from gateway.wire import Sender
 
 log = logging.getLogger("gateway.ws")
 
@@ -43,12 +49,12 @@ class WriteTimeout(Exception):
 
 
 class Outbox:
-    """The bounded outbound queue of one WebSocket connection and its single writer."""
+    """The bounded outbound queue of one WebSocket connection and the socket's only writer."""
 
     def __init__(self, sock, conn_id: str, queue_size: int, write_timeout: float) -> None:
         self.conn_id = conn_id
         self._sock = sock
-        self._gevent = is_gevent_socket(sock)
+        self._sender = Sender(sock)
         self._queue_size = queue_size
         # Control frames are never dropped, so a client that floods requests without
         # reading the replies is cut off here instead of growing memory without bound.
@@ -59,11 +65,11 @@ class Outbox:
         self._events = 0
         self._dropped: dict[str, int] = {}
         self._state = OPEN
-        self._close_sent = False
-        self._wake = threading.Event()
+        self._close_queued = False
+        self._flush_scheduled = False
+        self._writer = None  # the backlog writer while one runs
         self._peer_closed = threading.Event()
-        self._writer = threading.Thread(target=self._run, name=f"writer-{conn_id}", daemon=True)
-        self._writer.start()
+        self.last_heard = time.monotonic()
 
     @property
     def is_open(self) -> bool:
@@ -79,7 +85,9 @@ class Outbox:
                 self._drop_oldest_event()
             self._frames.append((topic, frame))
             self._events += 1
-        self._wake.set()
+            flush = self._claim_flush()
+        if flush:
+            self._sender.soon(self._flush)
 
     def push(self, frame: bytes) -> None:
         """Queue a control frame (ack, error, pong, info); these are never dropped."""
@@ -87,47 +95,214 @@ class Outbox:
             if self._state is not OPEN:
                 return
             if len(self._frames) - self._events >= self._control_limit:
-                self._begin_close_locked(
-                    protocol.error(protocol.SLOW_CONSUMER, "too many unread replies"),
-                    4008,
-                    "slow consumer",
-                )
                 log.warning("slow_consumer conn=%s reason=unread_replies", self.conn_id)
+                error = protocol.error(protocol.SLOW_CONSUMER, "too many unread replies")
+                self._queue_close(wsframes.text(error), 4008, "slow consumer")
             else:
                 self._frames.append((None, frame))
-        self._wake.set()
+            flush = self._claim_flush()
+        if flush:
+            self._sender.soon(self._flush)
 
     def push_raw(self, data: bytes) -> None:
-        """Queue protocol bytes from the WebSocket library (pong, ping, close reply)."""
+        """Queue protocol bytes from the WebSocket library (pong, close reply)."""
         with self._lock:
-            if self._close_sent or self._state is CLOSED:
+            if self._close_queued or self._state is CLOSED:
                 return
             self._frames.append((None, data))
-        self._wake.set()
+            flush = self._claim_flush()
+        if flush:
+            self._sender.soon(self._flush)
 
     def close(self, code: int, reason: str, notice: bytes | None = None) -> None:
         """Queue an optional last notice and a close frame; later frames are refused."""
         with self._lock:
             if self._state is not OPEN:
                 return
-            self._begin_close_locked(notice, code, reason)
-        self._wake.set()
+            self._queue_close(notice, code, reason)
+            flush = self._claim_flush()
+        if flush:
+            self._sender.soon(self._flush)
+
+    def heard(self) -> None:
+        """Record that bytes arrived from the client (any frame, pongs included)."""
+        self.last_heard = time.monotonic()
 
     def peer_closed(self) -> None:
         """Record that the reading side has ended (close reply received or socket gone)."""
         self._peer_closed.set()
 
     def finish(self, timeout: float) -> None:
-        """Flush what is queued (the library's close reply included) and stop the writer."""
+        """Write what is queued (the library's close reply included), then let go."""
         with self._lock:
             if self._state is OPEN:
                 self._state = CLOSING
-        self._wake.set()
-        self._writer.join(timeout)
-        if self._writer.is_alive():
-            self._cut()
-            self._writer.join(1.0)
+        self._flush()
+        writer = self._writer
+        if writer is not None:
+            writer.join(timeout)
+            if self._writer is not None:
+                self._cut()
+                writer.join(1.0)
         self._linger()
+
+    def abort(self) -> None:
+        """Cut the connection now, whatever is still queued."""
+        with self._lock:
+            self._state = CLOSED
+            self._frames.clear()
+        self._cut()
+
+    def pending(self) -> int:
+        """Return the number of frames waiting to be written."""
+        return len(self._frames)
+
+    # Queue bookkeeping (called with the lock held) ---------------------------------------
+
+    def _claim_flush(self) -> bool:
+        if self._flush_scheduled or self._writer is not None:
+            return False
+        self._flush_scheduled = True
+        return True
+
+    def _queue_close(self, notice: bytes | None, code: int, reason: str) -> None:
+        if notice is not None:
+            self._frames.append((None, notice))
+        self._frames.append((None, wsframes.close(code, reason)))
+        self._close_queued = True
+        self._state = CLOSING
+
+    def _drop_oldest_event(self) -> None:
+        for index, (topic, _) in enumerate(self._frames):
+            if topic is not None:
+                del self._frames[index]
+                self._events -= 1
+                self._dropped[topic] = self._dropped.get(topic, 0) + 1
+                return
+
+    def _take_batch(self) -> bytes:
+        """Pop frames up to the batch budget, placing drop notices before their topic's event."""
+        batch: list[bytes] = []
+        size = 0
+        frames = self._frames
+        while frames and size < _BATCH_BYTES:
+            topic, frame = frames.popleft()
+            if topic is not None:
+                self._events -= 1
+                lost = self._dropped.pop(topic, 0)
+                if lost:
+                    batch.append(wsframes.text(protocol.dropped(topic, lost)))
+            batch.append(frame)
+            size += len(frame)
+        if not frames and self._dropped and not self._close_queued:
+            for topic, lost in self._dropped.items():
+                batch.append(wsframes.text(protocol.dropped(topic, lost)))
+            self._dropped.clear()
+        return batch[0] if len(batch) == 1 else b"".join(batch)
+
+    def _drained(self) -> None:
+        """Everything queued is on the wire: a closing outbox is now closed."""
+        if self._state is not CLOSING:
+            return
+        self._state = CLOSED
+        if self._close_queued:
+            self._sender.later(_CLOSE_REPLY_SECONDS, self._cut_unless_peer_closed)
+
+    # Writing -------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Send what is queued without blocking; start the writer for what does not fit."""
+        with self._lock:
+            self._flush_scheduled = False
+            if self._writer is not None or self._state is CLOSED:
+                return
+            data = self._take_batch()
+            if not data:
+                return
+            try:
+                sent = self._sender.send_nowait(data)
+            except OSError as exc:
+                self._gone(exc)
+                return
+            if sent < len(data):
+                # The unsent tail of a frame must go out whole: it is never dropped.
+                self._frames.appendleft((None, data[sent:]))
+            if self._frames:
+                self._writer = self._sender.start(self._write_backlog)
+            else:
+                self._drained()
+
+    def _write_backlog(self) -> None:
+        """Own the socket until the queue is empty, waiting for it with a deadline."""
+        try:
+            while True:
+                with self._lock:
+                    data = self._take_batch()
+                    if not data:
+                        self._writer = None
+                        self._drained()
+                        return
+                self._send(data)
+        except WriteTimeout as exc:
+            self._slow_consumer(exc.unsent)
+        except OSError as exc:
+            with self._lock:
+                self._gone(exc)
+
+    def _send(self, data: bytes, timeout: float | None = None) -> None:
+        """Write all of `data`, failing with WriteTimeout if no byte goes out for `timeout`."""
+        timeout = self._write_timeout if timeout is None else timeout
+        view = memoryview(data)
+        deadline = time.monotonic() + timeout
+        while view:
+            sent = self._sender.send_nowait(view)
+            if sent:
+                view = view[sent:]
+                deadline = time.monotonic() + timeout
+                continue
+            # The deadline, not the wait, bounds this: a socket may poll writable and still
+            # take nothing, and that must not spin forever.
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._sender.wait_writable(remaining):
+                raise WriteTimeout(bytes(view))
+
+    def _gone(self, exc: OSError) -> None:
+        log.debug("write_failed conn=%s error=%s", self.conn_id, exc)
+        self._state = CLOSED
+        self._frames.clear()
+        self._writer = None
+
+    def _slow_consumer(self, unsent: bytes) -> None:
+        """Say goodbye to a socket that stopped reading, best effort, then cut it."""
+        with self._lock:
+            queued = len(self._frames)
+            self._state = CLOSED
+            self._frames.clear()
+        log.warning(
+            "slow_consumer conn=%s write_timeout=%ss queued=%d",
+            self.conn_id,
+            self._write_timeout,
+            queued,
+        )
+        goodbye = wsframes.text(
+            protocol.error(protocol.SLOW_CONSUMER, "socket accepted no data in time")
+        ) + wsframes.close(4008, "slow consumer")
+        with contextlib.suppress(WriteTimeout, OSError):
+            self._send(unsent + goodbye, _SLOW_GOODBYE_SECONDS)
+        self._cut()
+        with self._lock:
+            self._writer = None
+
+    # Closing the TCP connection ------------------------------------------------------------
+
+    def _cut_unless_peer_closed(self) -> None:
+        if not self._peer_closed.is_set():
+            self._cut()
+
+    def _cut(self) -> None:
+        """Shut the TCP connection down so that the reader and the handler end."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
 
     def _linger(self) -> None:
         """Half-close and read until the peer closes, so our last frames are not lost.
@@ -146,115 +321,3 @@ class Outbox:
                 self._sock.settimeout(remaining)
                 if not self._sock.recv(65536):
                     break
-
-    def pending(self) -> int:
-        """Return the number of frames waiting to be written."""
-        return len(self._frames)
-
-    def _begin_close_locked(self, notice: bytes | None, code: int, reason: str) -> None:
-        if notice is not None:
-            self._frames.append((None, notice))
-        self._frames.append((None, wsframes.close(code, reason)))
-        self._close_sent = True
-        self._state = CLOSING
-
-    def _drop_oldest_event(self) -> None:
-        for index, (topic, _) in enumerate(self._frames):
-            if topic is not None:
-                del self._frames[index]
-                self._events -= 1
-                self._dropped[topic] = self._dropped.get(topic, 0) + 1
-                return
-
-    def _take_batch(self) -> list[bytes]:
-        """Pop frames up to the batch budget, placing drop notices before their topic's event."""
-        batch: list[bytes] = []
-        size = 0
-        frames = self._frames
-        while frames and size < _BATCH_BYTES:
-            topic, frame = frames.popleft()
-            if topic is not None:
-                self._events -= 1
-                lost = self._dropped.pop(topic, 0)
-                if lost:
-                    batch.append(wsframes.text(protocol.dropped(topic, lost)))
-            batch.append(frame)
-            size += len(frame)
-        if not frames and self._dropped and not self._close_sent:
-            for topic, lost in self._dropped.items():
-                batch.append(wsframes.text(protocol.dropped(topic, lost)))
-            self._dropped.clear()
-        return batch
-
-    def _run(self) -> None:
-        try:
-            while True:
-                self._wake.wait()
-                with self._lock:
-                    self._wake.clear()
-                    batch = self._take_batch()
-                    done = self._state is not OPEN and not self._frames
-                if batch:
-                    self._send(b"".join(batch))
-                if done:
-                    break
-                if batch:
-                    self._wake.set()  # more may be queued beyond the batch budget
-        except WriteTimeout as exc:
-            self._slow_consumer(exc.unsent)
-        except OSError as exc:
-            log.debug("write_failed conn=%s error=%s", self.conn_id, exc)
-        finally:
-            with self._lock:
-                self._state = CLOSED
-                self._frames.clear()
-        if self._close_sent and not self._peer_closed.wait(_CLOSE_REPLY_SECONDS):
-            self._cut()
-
-    def _slow_consumer(self, unsent: bytes) -> None:
-        """Say goodbye to a socket that stopped reading, best effort, then cut it."""
-        log.warning(
-            "slow_consumer conn=%s write_timeout=%ss queued=%d",
-            self.conn_id,
-            self._write_timeout,
-            len(self._frames),
-        )
-        with self._lock:
-            self._state = CLOSED
-            self._frames.clear()
-        goodbye = wsframes.text(
-            protocol.error(protocol.SLOW_CONSUMER, "socket accepted no data in time")
-        ) + wsframes.close(4008, "slow consumer")
-        with contextlib.suppress(WriteTimeout, OSError):
-            self._send(unsent + goodbye, _SLOW_GOODBYE_SECONDS)
-        self._cut()
-
-    def abort(self) -> None:
-        """Cut the connection now, whatever is still queued."""
-        with self._lock:
-            self._state = CLOSED
-            self._frames.clear()
-        self._wake.set()
-        self._cut()
-
-    def _cut(self) -> None:
-        """Shut the TCP connection down so that the reader and the handler end."""
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-
-    def _send(self, data: bytes, timeout: float | None = None) -> None:
-        """Write all of `data`, failing with WriteTimeout if no byte goes out for `timeout`."""
-        timeout = self._write_timeout if timeout is None else timeout
-        view = memoryview(data)
-        deadline = time.monotonic() + timeout
-        while view:
-            sent = send_nowait(self._sock, view, self._gevent)
-            if sent:
-                view = view[sent:]
-                deadline = time.monotonic() + timeout
-                continue
-            # The deadline, not the wait, bounds this: a socket may poll writable and still
-            # take nothing, and that must not spin forever.
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not wait_writable(self._sock, remaining, self._gevent):
-                raise WriteTimeout(bytes(view))

@@ -1,7 +1,7 @@
-"""Bytes on the socket: non-blocking sends for the writer, and the socket the library sees.
+"""Bytes on the socket: non-blocking sends for the outbox, and the socket the library sees.
 
-The send helpers work on a gevent socket (gunicorn's worker) and on a plain one (the Flask
-dev server's threads) alike.
+`Sender` works on a gevent socket (gunicorn's worker) and on a plain one (the Flask dev
+server's threads) alike.
 
 flask-sock builds a `simple_websocket.Server` from the raw socket in the WSGI environ. We put
 a WireSocket there instead, so that the library's own writes (the handshake, pongs, pings and
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import select
 import socket
+import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -54,8 +55,11 @@ class WireSocket:
         return len(data)
 
     def recv(self, size: int) -> bytes:
-        """Read from the network."""
-        return self.sock.recv(size)
+        """Read from the network, noting that the client is alive."""
+        data = self.sock.recv(size)
+        if self._outbox is not None:
+            self._outbox.heard()
+        return data
 
     def fileno(self) -> int:
         """Expose the descriptor for the library's selector."""
@@ -68,6 +72,77 @@ class WireSocket:
             self._outbox.peer_closed()
 
 
+class Sender:
+    """Non-blocking sends and background work for one socket, under gevent or threads.
+
+    Under gunicorn's gevent worker the socket is a gevent wrapper around a non-blocking
+    socket: we send on that inner socket directly (the wrapper's own non-blocking path costs
+    a timer per call), wait with gevent, run `soon` callbacks on the event loop and start
+    writers as greenlets. Under the Flask dev server the socket is a plain blocking one:
+    sends use MSG_DONTWAIT, waits use select, `soon` runs at once and writers are threads.
+    """
+
+    def __init__(self, sock) -> None:
+        self._sock = sock
+        inner = getattr(sock, "_sock", None) if is_gevent_socket(sock) else None
+        if inner is not None:
+            import gevent
+
+            self._raw, self._flags = inner, 0
+            self._loop = gevent.get_hub().loop
+        else:
+            self._raw, self._flags = sock, socket.MSG_DONTWAIT
+            self._loop = None
+
+    def send_nowait(self, data) -> int:
+        """Send what the kernel takes now; 0 when it takes nothing."""
+        try:
+            return self._raw.send(data, self._flags)
+        except (BlockingIOError, InterruptedError):
+            return 0
+
+    def wait_writable(self, timeout: float) -> bool:
+        """Wait until the socket can take bytes; False when `timeout` passes first."""
+        if self._loop is not None:
+            from gevent.socket import wait_write
+
+            try:
+                wait_write(self._sock.fileno(), timeout=timeout, timeout_exc=TimeoutError)
+            except TimeoutError:
+                return False
+            return True
+        _, writable, _ = select.select([], [self._sock], [], timeout)
+        return bool(writable)
+
+    def soon(self, func) -> None:
+        """Run `func` when the current greenlet yields (gevent), or now (threads)."""
+        if self._loop is not None:
+            self._loop.run_callback(func)
+        else:
+            func()
+
+    def start(self, func):
+        """Run `func` in a new greenlet or thread; return it (it has `join(timeout)`)."""
+        if self._loop is not None:
+            import gevent
+
+            return gevent.spawn(func)
+        thread = threading.Thread(target=func, daemon=True)
+        thread.start()
+        return thread
+
+    def later(self, seconds: float, func) -> None:
+        """Run `func` after `seconds`, in the background."""
+        if self._loop is not None:
+            import gevent
+
+            gevent.spawn_later(seconds, func)
+        else:
+            timer = threading.Timer(seconds, func)
+            timer.daemon = True
+            timer.start()
+
+
 def is_gevent_socket(sock) -> bool:
     """Tell whether `sock` is a gevent socket (cooperative waits) or a plain one."""
     try:
@@ -75,27 +150,3 @@ def is_gevent_socket(sock) -> bool:
     except ImportError:  # pragma: no cover - gevent is a hard dependency
         return False
     return isinstance(sock, gsocket.socket)
-
-
-def send_nowait(sock, view: memoryview, is_gevent: bool) -> int:
-    """Send what the kernel takes now, returning 0 instead of blocking."""
-    try:
-        if is_gevent:
-            return sock.send(view, 0, 0.0)
-        return sock.send(view, socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return 0
-
-
-def wait_writable(sock, timeout: float, is_gevent: bool) -> bool:
-    """Wait until the socket can take bytes; False when `timeout` passes first."""
-    if is_gevent:
-        from gevent.socket import wait_write
-
-        try:
-            wait_write(sock.fileno(), timeout=timeout, timeout_exc=TimeoutError)
-        except TimeoutError:
-            return False
-        return True
-    _, writable, _ = select.select([], [sock], [], timeout)
-    return bool(writable)

@@ -11,6 +11,9 @@ import struct
 _TEXT = 0x81  # FIN + text opcode
 _CLOSE = 0x88  # FIN + close opcode
 
+# An empty ping; clients answer with a pong, which tells the server they are alive.
+PING = b"\x89\x00"
+
 
 def _frame(first_byte: int, payload: bytes) -> bytes:
     size = len(payload)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from harness import TS_RE, create_topic, register, ws_connect
+from harness import TS_RE, RawWS, create_topic, register, stats_topic, wait_until, ws_connect
 
 
 def test_heartbeat_pings_arrive_repeatedly(server_factory):
@@ -29,3 +29,24 @@ def test_heartbeat_pings_arrive_repeatedly(server_factory):
             assert stamps == sorted(set(stamps)), stamps
         # Heartbeats do not disturb request/reply.
         subscribed.ping()
+
+
+def test_silent_peer_is_found_by_websocket_pings_and_removed(server_factory):
+    """A client that answers no WebSocket ping is dropped within a few intervals (SPEC §5.7)."""
+    srv = server_factory(env={"HEARTBEAT_INTERVAL": 1})
+    token = register(srv)
+    topic = create_topic(srv, token)
+    with ws_connect(srv, token) as live:
+        live.subscribe(topic)
+        silent = RawWS(srv.port, token)
+        silent.send_json({"type": "subscribe", "topic": topic, "request_id": "s"})
+        wait_until(lambda: stats_topic(srv, topic)["subscribers"] == 2, 5, what="2 subscribers")
+        # The raw client now neither reads nor answers pings; the live one pongs automatically.
+        wait_until(
+            lambda: stats_topic(srv, topic)["subscribers"] == 1,
+            12,
+            what="the silent subscriber to be dropped",
+        )
+        live.ping()  # the live client was not touched
+        silent.sock.close()
+    assert "ws_ping_timeout" in srv.log_text()
