@@ -8,11 +8,11 @@ import uuid
 
 from flask import Blueprint, g, request
 from flask_sock import Sock
-from simple_websocket import ConnectionClosed
 
 from gateway.auth import AuthError, token_from, verify
 from gateway.errors import error_response
 from gateway.outbox import Outbox
+from gateway.reader import read_frames
 from gateway.session import Session
 from gateway.state import get_broker, get_hub, get_settings
 from gateway.wire import WireSocket
@@ -56,19 +56,9 @@ def websocket(ws):
     hub.add(session)
     started = time.monotonic()
     log.info("ws_connect conn=%s user=%s peer=%s", conn_id, g.user_id, request.remote_addr)
-    limit = settings.max_message_bytes
+    code = None
     try:
-        while True:
-            data = ws.receive()
-            if isinstance(data, str) and not data.isascii() and len(data.encode()) > limit:
-                # The library counts characters; the limit is in bytes (SPEC §4.3).
-                log.info("ws_rejected conn=%s reason=message_too_big", conn_id)
-                outbox.close(1009, "message too big")
-                continue
-            if outbox.is_open:
-                session.handle(data)
-    except ConnectionClosed:
-        pass
+        code = read_frames(g.wire.sock, ws.ws, outbox, session.handle, settings.max_message_bytes)
     except Exception:
         log.exception("ws_error conn=%s", conn_id)
     finally:
@@ -78,6 +68,6 @@ def websocket(ws):
         log.info(
             "ws_disconnect conn=%s code=%s seconds=%.1f",
             conn_id,
-            getattr(ws, "close_reason", None),
+            code,
             time.monotonic() - started,
         )

@@ -21,6 +21,7 @@ from gateway.config import ConfigError, Settings, load_settings
 from gateway.errors import error_response, register_error_handlers
 from gateway.hub import Hub
 from gateway.logs import configure as configure_logging
+from gateway.reader import NoReaderThread
 from gateway.state import EXTENSION, GatewayState
 from gateway.users import UserStore
 
@@ -36,9 +37,9 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     app = Flask("gateway", instance_relative_config=True)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_message_bytes,
-        # No ping_interval: the hub sends WebSocket pings itself, so the library's reader is
-        # a plain recv loop with no selector of its own per connection.
-        SOCK_SERVER_OPTIONS={"max_message_size": settings.max_message_bytes},
+        # simple-websocket only does the handshake: the handler's greenlet reads frames
+        # itself (gateway.reader) and the hub sends the WebSocket pings.
+        SOCK_SERVER_OPTIONS={"thread_class": NoReaderThread},
     )
     if test_config is not None:
         app.config["TESTING"] = True

@@ -4,9 +4,9 @@
 server's threads) alike.
 
 flask-sock builds a `simple_websocket.Server` from the raw socket in the WSGI environ. We put
-a WireSocket there instead, so that the library's own writes (the handshake, pongs, pings and
-close replies) go through the connection's single writer as whole frames, in order with
-ours, and never straight to the socket from the library's reader thread.
+a WireSocket there instead: the library writes the handshake through it, and anything it
+writes later (flask-sock closes the socket when the handler returns) joins the outbox
+instead of racing it on the socket.
 """
 
 from __future__ import annotations
@@ -23,12 +23,11 @@ _SOCKET_KEYS = ("werkzeug.socket", "gunicorn.socket")
 
 
 class WireSocket:
-    """A socket facade that routes writes through an Outbox once one is attached."""
+    """The socket simple-websocket is given: its writes go through the outbox once attached."""
 
     def __init__(self, sock) -> None:
         self.sock = sock
         self._outbox: Outbox | None = None
-        self._reader_ended = False
 
     @classmethod
     def install(cls, environ: dict) -> WireSocket | None:
@@ -43,33 +42,14 @@ class WireSocket:
     def attach(self, outbox: Outbox) -> None:
         """Send every later write through `outbox`."""
         self._outbox = outbox
-        if self._reader_ended:
-            outbox.peer_closed()
 
     def send(self, data: bytes) -> int:
-        """Queue library frames; before an outbox exists (the handshake), write directly."""
+        """Write the handshake directly; queue anything later (flask-sock's final close)."""
         if self._outbox is None:
             self.sock.sendall(data)
         else:
             self._outbox.push_raw(data)
         return len(data)
-
-    def recv(self, size: int) -> bytes:
-        """Read from the network, noting that the client is alive."""
-        data = self.sock.recv(size)
-        if self._outbox is not None:
-            self._outbox.heard()
-        return data
-
-    def fileno(self) -> int:
-        """Expose the descriptor for the library's selector."""
-        return self.sock.fileno()
-
-    def close(self) -> None:
-        """Called by the library when its reader ends; the server closes the real socket."""
-        self._reader_ended = True
-        if self._outbox is not None:
-            self._outbox.peer_closed()
 
 
 class Sender:
