@@ -17,13 +17,14 @@ from flask_cors import CORS
 from gateway import protocol, wsframes
 from gateway.auth import init_jwt
 from gateway.broker_memory import MemoryBroker
-from gateway.config import ConfigError, Settings, load_settings
+from gateway.config import POSTGRES_SCHEMES, Settings, load_settings
 from gateway.errors import error_response, register_error_handlers
 from gateway.hub import Hub
 from gateway.logs import configure as configure_logging
 from gateway.reader import NoReaderThread
 from gateway.state import EXTENSION, GatewayState
 from gateway.users import UserStore
+from gateway.users_sqlite import SqliteUserStore
 
 log = logging.getLogger("gateway.http")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -59,7 +60,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     state = GatewayState(
         settings=settings,
         broker=_make_broker(settings),
-        users=UserStore(_database_path(app, settings)),
+        users=_make_user_store(app, settings),
         hub=Hub(settings.heartbeat_interval, settings.shutdown_grace_seconds),
     )
     app.extensions[EXTENSION] = state
@@ -82,16 +83,19 @@ def _make_broker(settings: Settings) -> MemoryBroker:
     return MemoryBroker(settings.ring_buffer_size, encode)
 
 
-def _database_path(app: Flask, settings: Settings) -> str:
+def _make_user_store(app: Flask, settings: Settings) -> UserStore:
     url = settings.database_url
+    if url is not None and url.startswith(POSTGRES_SCHEMES):
+        # Imported only when used: psycopg must load after gevent has patched the worker.
+        from gateway.users_postgres import PostgresUserStore
+
+        return PostgresUserStore(url)
     if url is None:
         os.makedirs(app.instance_path, exist_ok=True)
-        return os.path.join(app.instance_path, "gateway.db")
+        return SqliteUserStore(os.path.join(app.instance_path, "gateway.db"))
     if url.startswith("sqlite:///"):
-        return url.removeprefix("sqlite:///") or ":memory:"
-    if "://" in url:
-        raise ConfigError(f"DATABASE_URL {url!r} is not supported: use a file path or :memory:")
-    return url
+        return SqliteUserStore(url.removeprefix("sqlite:///") or ":memory:")
+    return SqliteUserStore(url)  # a file path or :memory: (load_settings refused other URLs)
 
 
 def _install_request_log(app: Flask) -> None:

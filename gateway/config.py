@@ -12,6 +12,9 @@ class ConfigError(Exception):
     """A configuration value is missing or invalid; the message names the variable."""
 
 
+# DATABASE_URL prefixes that select PostgreSQL (libpq accepts both spellings).
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
 LOG_LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -59,6 +62,18 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
     return value
 
 
+def _database_url(env: Mapping[str, str]) -> str | None:
+    url = env.get("DATABASE_URL", "").strip() or None
+    if url and "://" in url and not url.startswith(("sqlite:///", *POSTGRES_SCHEMES)):
+        # Name the scheme only: the rest of a URL may carry a password.
+        scheme = url.split("://", 1)[0]
+        raise ConfigError(
+            f"DATABASE_URL scheme {scheme!r} is not supported: use a SQLite file path, "
+            "sqlite:///path, :memory: or a postgresql:// URL"
+        )
+    return url
+
+
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     items = tuple(part.strip() for part in env.get(name, "*").split(",") if part.strip())
     return items or ("*",)
@@ -94,7 +109,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         subscriber_queue_size=_int(env, "SUBSCRIBER_QUEUE_SIZE", 100, 1),
         heartbeat_interval=_int(env, "HEARTBEAT_INTERVAL", 30, 0),
         max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", 65536, 64),
-        database_url=env.get("DATABASE_URL", "").strip() or None,
+        database_url=_database_url(env),
         broker_url=broker_url,
         write_timeout_seconds=_int(env, "WRITE_TIMEOUT_SECONDS", 10, 1),
         shutdown_grace_seconds=_int(env, "SHUTDOWN_GRACE_SECONDS", 10, 0),

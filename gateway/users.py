@@ -1,13 +1,17 @@
-"""User accounts (SPEC §2.1): validation, password hashing and the SQLite store."""
+"""User accounts (SPEC §2.1): validation, password hashing and the store contract.
+
+Implementations sit beside this module: `users_sqlite.SqliteUserStore` (the default) and
+`users_postgres.PostgresUserStore` (for `DATABASE_URL=postgresql://...`, shared by every
+worker and host). The blueprints only ever see `UserStore`.
+"""
 
 from __future__ import annotations
 
 import functools
 import re
-import sqlite3
-import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -59,59 +63,52 @@ def validate_registration(body: dict) -> tuple[str, str, str | None]:
     return username, password, email
 
 
-class UserStore:
-    """Accounts in SQLite: one connection shared behind a lock (a file or `:memory:`)."""
+class UserStore(ABC):
+    """Persistent accounts, safe to call from many threads or greenlets at once.
 
-    def __init__(self, path: str, cpu: CpuPool | None = None) -> None:
+    Contract, for every implementation:
+    - `register` creates the account or raises UsernameTaken; the database's unique
+      constraint decides, so of N concurrent registrations of one name exactly one wins.
+    - Usernames are case-sensitive: "Bob" and "bob" are two accounts.
+    - `authenticate` returns None for a wrong password and for an unknown user alike, after
+      the same password check, so neither the answer nor its timing tells them apart.
+    - `get` and `authenticate` return the account exactly as `register` returned it,
+      timestamps included, from any process sharing the database, and after a restart.
+    - Password hashing and checking run on the CpuPool, never on the event loop.
+    - The schema is created on start-up if missing, safely when several workers start at once.
+
+    Implementations fill in the storage hooks; hashing lives here, once for all of them.
+    """
+
+    def __init__(self, cpu: CpuPool | None = None) -> None:
         self._cpu = cpu or CpuPool()
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        if path != ":memory:":
-            self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS users ("
-            " id TEXT PRIMARY KEY, username TEXT NOT NULL UNIQUE, email TEXT,"
-            " password_hash TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL)"
-        )
 
     def register(self, username: str, password: str, email: str | None) -> User:
         """Create an account; raise UsernameTaken if the name exists."""
         password_hash = self._cpu.run(generate_password_hash, password)
         now = time.time()
-        user = User(uuid.uuid4().hex, username, email, now, now)
-        try:
-            with self._lock:
-                self._db.execute(
-                    "INSERT INTO users VALUES (?, ?, ?, ?, ?, ?)",
-                    (user.id, username, email, password_hash, now, now),
-                )
-        except sqlite3.IntegrityError:
-            raise UsernameTaken(username) from None
-        return user
+        return self._insert(User(uuid.uuid4().hex, username, email, now, now), password_hash)
 
     def authenticate(self, username: str, password: str) -> User | None:
         """Return the user if the password matches, else None (same cost either way)."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT id, username, email, created_at, updated_at, password_hash"
-                " FROM users WHERE username = ?",
-                (username,),
-            ).fetchone()
-        stored = row[5] if row else _dummy_hash()
-        if not self._cpu.run(check_password_hash, stored, password) or row is None:
+        found = self._find(username)
+        stored = found[1] if found else _dummy_hash()
+        if not self._cpu.run(check_password_hash, stored, password) or found is None:
             return None
-        return User(*row[:5])
+        return found[0]
 
+    @abstractmethod
     def get(self, user_id: str) -> User | None:
         """Return the user with this id, or None."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT id, username, email, created_at, updated_at FROM users WHERE id = ?",
-                (user_id,),
-            ).fetchone()
-        return User(*row) if row else None
 
+    @abstractmethod
     def close(self) -> None:
-        """Close the database connection."""
-        with self._lock:
-            self._db.close()
+        """Release the database connections."""
+
+    @abstractmethod
+    def _insert(self, user: User, password_hash: str) -> User:
+        """Store a new account and return it as stored; raise UsernameTaken on a duplicate."""
+
+    @abstractmethod
+    def _find(self, username: str) -> tuple[User, str] | None:
+        """Return the account with this exact username and its password hash, or None."""

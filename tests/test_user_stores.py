@@ -1,0 +1,456 @@
+"""The UserStore contract, run against every store: SQLite and a real PostgreSQL server.
+
+PostgreSQL comes from TEST_POSTGRES_URL (a postgresql:// URL of a user who may create
+databases), else from the local server as user postgres or root. Each session works in a
+database of its own, dropped at the end. Without a server the PostgreSQL tests skip, saying
+why, except under CI (CI=true), where they fail: CI never passes without them.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from gateway.config import POSTGRES_SCHEMES, ConfigError, load_settings
+from gateway.offload import CpuPool
+from gateway.state import EXTENSION
+from gateway.users import User, UsernameTaken, UserStore
+from gateway.users_sqlite import SqliteUserStore
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL_SERVERS = (
+    "postgresql://postgres@127.0.0.1:5432/postgres",
+    "postgresql://root@127.0.0.1:5432/postgres",
+)
+PASSWORD = "correct horse battery"
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _unavailable(reason: str):
+    if _in_ci():
+        pytest.fail(f"{reason}; CI is set, so this fails instead of skipping")
+    pytest.skip(reason)
+
+
+def _require_psycopg():
+    try:
+        import psycopg
+    except ImportError:
+        _unavailable("psycopg is not installed (pip install -r requirements.txt)")
+    return psycopg
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    """A URL of a reachable PostgreSQL server, or a skip (a failure under CI) saying why."""
+    psycopg = _require_psycopg()
+    configured = os.environ.get("TEST_POSTGRES_URL", "").strip()
+    failures = []
+    for url in [configured] if configured else LOCAL_SERVERS:
+        try:
+            with psycopg.connect(url, connect_timeout=5):
+                return url
+        except psycopg.Error as exc:
+            failures.append(f"{_redacted(url)}: {str(exc).strip()}")
+    _unavailable(
+        "no PostgreSQL server reachable (set TEST_POSTGRES_URL to use another one): "
+        + "; ".join(failures)
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_admin_url) -> str:
+    """A postgresql:// URL of a database created for this test session, dropped after it."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"gateway_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield urlunsplit(urlsplit(postgres_admin_url)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+            drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+            admin.execute(drop.format(sql.Identifier(name)))
+
+
+def _drop_users_table(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS users")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request) -> str:
+    """An empty database for one test: SQLite :memory:, or the session's PostgreSQL one."""
+    if request.param == "sqlite":
+        return ":memory:"
+    return _empty_postgres(request)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def durable_database(request, tmp_path) -> str:
+    """An empty database that outlives its store: a SQLite file, or PostgreSQL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "users.db")
+    return _empty_postgres(request)
+
+
+def _empty_postgres(request) -> str:
+    url = request.getfixturevalue("postgres_url")
+    _drop_users_table(url)  # the store must create its schema itself
+    return url
+
+
+@pytest.fixture
+def make_store():
+    """Open stores on a database (path or URL); every one is closed after the test."""
+    stores: list[UserStore] = []
+
+    def make(target: str, cpu: CpuPool | None = None) -> UserStore:
+        if target.startswith(POSTGRES_SCHEMES):
+            from gateway.users_postgres import PostgresUserStore
+
+            store = PostgresUserStore(target, cpu)
+        else:
+            store = SqliteUserStore(target, cpu)
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store, database) -> UserStore:
+    """A store on an empty database."""
+    return make_store(database)
+
+
+class RecordingCpu(CpuPool):
+    """A CpuPool that notes the name of every function it runs."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.calls: list[str] = []
+
+    def run(self, func, *args):
+        self.calls.append(func.__name__)
+        return super().run(func, *args)
+
+
+def _join_all(threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not [thread for thread in threads if thread.is_alive()], "threads still running"
+
+
+# --- the contract -----------------------------------------------------------------------------
+
+
+def test_register_then_get_returns_the_same_account(store):
+    user = store.register("alice", PASSWORD, "alice@example.com")
+    assert (user.username, user.email) == ("alice", "alice@example.com")
+    assert user.created_at == user.updated_at
+    assert store.get(user.id) == user  # timestamps included, to the bit
+
+
+def test_register_without_email_stores_none(store):
+    user = store.register("noemail", PASSWORD, None)
+    assert user.email is None
+    assert store.get(user.id).email is None
+
+
+def test_authenticate_with_the_right_password_returns_the_account(store):
+    user = store.register("carol", PASSWORD, None)
+    assert store.authenticate("carol", PASSWORD) == user
+
+
+def test_wrong_password_and_unknown_user_both_return_none(store):
+    store.register("dave", PASSWORD, None)
+    assert store.authenticate("dave", PASSWORD + "!") is None
+    assert store.authenticate("nobody", PASSWORD) is None
+    assert store.authenticate("", PASSWORD) is None
+
+
+def test_get_of_an_unknown_id_is_none(store):
+    store.register("erin", PASSWORD, None)
+    assert store.get(uuid.uuid4().hex) is None
+    assert store.get("not-a-uuid; DROP TABLE users") is None
+    assert store.authenticate("erin", PASSWORD) is not None
+
+
+def test_duplicate_username_is_refused_and_keeps_the_first_account(store):
+    first = store.register("dup", "first-password", "first@example.com")
+    with pytest.raises(UsernameTaken):
+        store.register("dup", "second-password", "second@example.com")
+    assert store.authenticate("dup", "first-password") == first
+    assert store.authenticate("dup", "second-password") is None
+
+
+def test_usernames_are_case_sensitive(store):
+    upper = store.register("Bob", "upper-password", None)
+    lower = store.register("bob", "lower-password", None)
+    assert upper.id != lower.id
+    assert store.authenticate("Bob", "upper-password") == upper
+    assert store.authenticate("bob", "lower-password") == lower
+    assert store.authenticate("bob", "upper-password") is None
+    assert store.authenticate("BOB", "upper-password") is None
+
+
+def test_hashing_runs_on_the_cpu_pool_and_unknown_users_cost_one_check(make_store, database):
+    cpu = RecordingCpu()
+    store = make_store(database, cpu)
+    store.register("frank", PASSWORD, None)
+    assert cpu.calls == ["generate_password_hash"]
+    cpu.calls.clear()
+    store.authenticate("frank", PASSWORD)
+    store.authenticate("frank", "wrong-password")
+    store.authenticate("nobody", PASSWORD)
+    assert cpu.calls == ["check_password_hash"] * 3
+
+
+def test_concurrent_registrations_of_one_name_let_exactly_one_win(store):
+    barrier = threading.Barrier(10, timeout=30)
+    outcomes: dict[int, object] = {}
+
+    def attempt(index: int) -> None:
+        barrier.wait()
+        try:
+            outcomes[index] = store.register("race", f"password-{index}", None)
+        except UsernameTaken:
+            outcomes[index] = "taken"
+        except Exception as exc:  # reported by the assertions below
+            outcomes[index] = exc
+
+    threads = [threading.Thread(target=attempt, args=(index,)) for index in range(10)]
+    for thread in threads:
+        thread.start()
+    _join_all(threads)
+    winners = {index: user for index, user in outcomes.items() if isinstance(user, User)}
+    assert len(winners) == 1, outcomes
+    assert list(outcomes.values()).count("taken") == 9, outcomes
+    [(index, user)] = winners.items()
+    assert store.authenticate("race", f"password-{index}") == user
+
+
+def test_accounts_survive_a_restart(make_store, durable_database):
+    first = make_store(durable_database)
+    user = first.register("kept", PASSWORD, "kept@example.com")
+    first.close()
+    again = make_store(durable_database)
+    assert again.get(user.id) == user
+    assert again.authenticate("kept", PASSWORD) == user
+
+
+# --- PostgreSQL only ----------------------------------------------------------------------------
+
+
+def test_workers_starting_at_once_all_find_the_schema(make_store, postgres_url):
+    _drop_users_table(postgres_url)
+    barrier = threading.Barrier(8, timeout=30)
+    failures: list[Exception] = []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            make_store(postgres_url)
+        except Exception as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    _join_all(threads)
+    assert not failures
+    assert make_store(postgres_url).register("after", PASSWORD, None).username == "after"
+
+
+def test_two_stores_on_one_postgres_database_share_accounts(make_store, postgres_url):
+    _drop_users_table(postgres_url)
+    one, other = make_store(postgres_url), make_store(postgres_url)
+    user = one.register("shared", PASSWORD, None)
+    assert other.authenticate("shared", PASSWORD) == user
+    with pytest.raises(UsernameTaken):
+        other.register("shared", PASSWORD, None)
+
+
+def test_rest_register_login_profile_with_a_postgres_database_url(make_app, postgres_url):
+    from gateway.users_postgres import PostgresUserStore
+
+    _drop_users_table(postgres_url)
+    app = make_app(DATABASE_URL=postgres_url)
+    assert isinstance(app.extensions[EXTENSION].users, PostgresUserStore)
+    client = app.test_client()
+    body = {"username": "pguser", "password": PASSWORD, "email": "pg@example.com"}
+    registered = client.post("/users/register", json=body)
+    assert registered.status_code == 201, registered.get_json()
+    user = registered.get_json()["user"]
+    assert client.post("/users/register", json=body).status_code == 409
+
+    # Another worker (another app on the same database) knows the account.
+    other = make_app(DATABASE_URL=postgres_url).test_client()
+    login = other.post("/users/login", json={"username": "pguser", "password": PASSWORD})
+    assert login.status_code == 200, login.get_json()
+    assert login.get_json()["user"] == user
+    wrong = other.post("/users/login", json={"username": "pguser", "password": "nope-nope"})
+    assert wrong.status_code == 401
+
+    token = login.get_json()["token"]
+    profile = client.get("/users/profile", headers={"Authorization": f"Bearer {token}"})
+    assert profile.status_code == 200
+    assert profile.get_json() == {"user": user}
+
+
+# --- gevent -------------------------------------------------------------------------------------
+
+_WAIT_ON_A_LOCKED_TABLE = """
+import sys, time
+from gevent import monkey
+monkey.patch_all()
+import gevent
+from gateway.users_postgres import PostgresUserStore
+
+store = PostgresUserStore(sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()  # the test holds a lock on the users table now
+ticks = 0
+
+def tick():
+    global ticks
+    while True:
+        gevent.sleep(0.01)
+        ticks += 1
+
+gevent.spawn(tick)
+started = time.monotonic()
+store.get("nobody")
+print(ticks, time.monotonic() - started, flush=True)
+store.close()
+"""
+
+
+def _read_line(child: subprocess.Popen, timeout: float) -> str:
+    with selectors.DefaultSelector() as selector:
+        selector.register(child.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            child.kill()
+            pytest.fail(f"no line from the child in {timeout} s: {child.communicate()[1]}")
+    return child.stdout.readline()
+
+
+def test_a_query_waiting_on_postgres_lets_other_greenlets_run(postgres_url, make_store):
+    import psycopg
+
+    make_store(postgres_url)  # the schema exists before the child starts
+    child = subprocess.Popen(
+        [sys.executable, "-c", _WAIT_ON_A_LOCKED_TABLE, postgres_url],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert _read_line(child, 60).strip() == "ready"
+        with psycopg.connect(postgres_url) as locker:
+            locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            threading.Event().wait(1.0)
+            locker.rollback()
+        ticks, waited = _read_line(child, 30).split()
+    finally:
+        child.kill()
+        child.communicate(timeout=10)
+    assert float(waited) > 0.5  # the query really waited for the lock...
+    assert int(ticks) >= 20  # ...while the other greenlet kept running (~100 ticks)
+
+
+_IMPORT_TOO_EARLY = """
+import psycopg
+from gevent import monkey
+monkey.patch_all()
+from gateway.users_postgres import PostgresUserStore
+
+PostgresUserStore("postgresql://127.0.0.1:1/never-reached")
+"""
+
+
+def test_psycopg_imported_before_gevent_patching_is_refused():
+    _require_psycopg()
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORT_TOO_EARLY],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "imported before gevent patched" in result.stderr, result.stderr
+
+
+# --- choosing the store -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://gw:pw@db.example:5432/gateway", "postgres://db.example/gateway"]
+)
+def test_postgres_database_urls_are_accepted(url):
+    assert load_settings({"JWT_SECRET_KEY": "k", "DATABASE_URL": url}).database_url == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["mysql://gw:s3cr3t@db/gateway", "redis://localhost/0", "sqlite://users.db", "pg://db/x"],
+)
+def test_other_database_urls_are_refused_naming_the_variable(url):
+    with pytest.raises(ConfigError, match="DATABASE_URL") as refused:
+        load_settings({"JWT_SECRET_KEY": "k", "DATABASE_URL": url})
+    assert "s3cr3t" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "url", [":memory:", "sqlite:///", "{tmp}/users.db", "sqlite:///{tmp}/u.db"]
+)
+def test_sqlite_stays_the_store_for_paths(make_app, tmp_path, url):
+    app = make_app(DATABASE_URL=url.format(tmp=tmp_path))
+    assert isinstance(app.extensions[EXTENSION].users, SqliteUserStore)
+
+
+def test_connections_cut_by_the_server_are_replaced(make_store, postgres_url):
+    import psycopg
+
+    _drop_users_table(postgres_url)
+    store = make_store(postgres_url)
+    user = store.register("survivor", PASSWORD, None)
+    # What a PostgreSQL restart or an idle-connection reaper does to the pool's connections.
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        cut = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()[0]
+    assert cut >= 1
+    assert store.authenticate("survivor", PASSWORD) == user
+    assert store.get(user.id) == user
