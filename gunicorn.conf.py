@@ -30,7 +30,9 @@ except ValueError:
 bind = f"0.0.0.0:{_port}"
 worker_class = "gevent"
 # The memory broker keeps all state in one process: one worker (checked in on_starting).
-workers = int(os.environ.get("WEB_CONCURRENCY", "1") or "1")
+# With Redis every worker shares the state: one per core unless WEB_CONCURRENCY says.
+_default_workers = 1 if _settings.broker_url == "memory://" else (os.cpu_count() or 1)
+workers = int(os.environ.get("WEB_CONCURRENCY", "").strip() or _default_workers)
 # Concurrent connections per worker; gevent's default of 1000 makes the 1001st hang.
 worker_connections = 20000
 # gunicorn waits this long for open WebSockets after SIGTERM; the app drains within

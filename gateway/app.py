@@ -16,6 +16,7 @@ from flask_cors import CORS
 
 from gateway import protocol, wsframes
 from gateway.auth import init_jwt
+from gateway.broker import Broker
 from gateway.broker_memory import MemoryBroker
 from gateway.config import POSTGRES_SCHEMES, Settings, load_settings
 from gateway.errors import error_response, register_error_handlers
@@ -76,11 +77,22 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     return app
 
 
-def _make_broker(settings: Settings) -> MemoryBroker:
+def _make_broker(settings: Settings) -> Broker:
     def encode(event) -> bytes:
         return wsframes.text(protocol.event(event))
 
-    return MemoryBroker(settings.ring_buffer_size, encode)
+    if settings.broker_url == "memory://":
+        return MemoryBroker(settings.ring_buffer_size, encode)
+    # Imported only when used: redis must load after gevent has patched the worker.
+    from gateway.broker_redis import RedisBroker
+
+    return RedisBroker(
+        settings.broker_url,
+        settings.ring_buffer_size,
+        encode,
+        protocol.pack_message,
+        protocol.unpack_message,
+    )
 
 
 def _make_user_store(app: Flask, settings: Settings) -> UserStore:

@@ -21,6 +21,10 @@ class TopicNotFound(Exception):
     """No topic has this name."""
 
 
+class BrokerUnavailable(Exception):
+    """The broker's backing service cannot be reached; the operation did not happen."""
+
+
 @dataclass(slots=True)
 class Event:
     """One published message, as stored in the history ring and delivered to subscribers.
@@ -75,11 +79,15 @@ class Broker(ABC):
     Contract, for every implementation:
     - `seq` starts at 1 when a topic is created and grows by one per published message;
       every subscriber of a topic receives its events in `seq` order, each exactly once.
-    - `subscribe` registers the subscriber and snapshots the last `last_n` events atomically:
-      the replay ends at `Subscription.seq`, and every later event is delivered live.
+    - `subscribe` registers the subscriber, then snapshots the last `last_n` events: the
+      replay ends at `Subscription.seq` and every later event is delivered live. Events
+      handed over while `subscribe` is still running may be ones the snapshot covers (a
+      transport delivers late): callers skip those at or below `Subscription.seq`, as
+      `Session` does; none at or below it arrives after `subscribe` returned.
     - `publish` never blocks on a subscriber: delivery is an append to its own queue.
     - deleting a topic tells each subscriber once (`topic_deleted`) and forgets them all;
       a topic created again under the same name starts from an empty history and seq 1.
+    - any call may raise BrokerUnavailable when a backing service is down; nothing was done.
     """
 
     @abstractmethod

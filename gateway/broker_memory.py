@@ -17,19 +17,17 @@ from gateway.broker import (
     TopicInfo,
     TopicNotFound,
 )
+from gateway.fanout import Fanout
 
 
 class _Topic:
-    """One topic's state: history ring, last seq, message count and subscribers."""
+    """One topic's history ring and last seq (which is also its message count)."""
 
-    __slots__ = ("name", "ring", "seq", "subscribers")
+    __slots__ = ("ring", "seq")
 
-    def __init__(self, name: str, ring_size: int) -> None:
-        self.name = name
+    def __init__(self, ring_size: int) -> None:
         self.ring: deque[Event] = deque(maxlen=ring_size)
         self.seq = 0
-        # A dict keeps subscription order and gives O(1) add/remove.
-        self.subscribers: dict[Subscriber, None] = {}
 
 
 class MemoryBroker(Broker):
@@ -37,7 +35,8 @@ class MemoryBroker(Broker):
 
     Fan-out happens under the lock on purpose: delivering is a non-blocking append to each
     subscriber's own queue, and doing it there is what makes queue order equal seq order when
-    two publishers race (real threads on the dev server, greenlets under gunicorn).
+    two publishers race (real threads on the dev server, greenlets under gunicorn). For the
+    same reason registering a subscriber and snapshotting its replay are one atomic step.
     """
 
     def __init__(self, ring_size: int, encode: Encoder) -> None:
@@ -45,28 +44,25 @@ class MemoryBroker(Broker):
         self._encode = encode
         self._lock = threading.Lock()
         self._topics: dict[str, _Topic] = {}
-        self._by_subscriber: dict[Subscriber, set[str]] = {}
+        self._fanout = Fanout()
 
     def create_topic(self, name: str) -> None:
         with self._lock:
             if name in self._topics:
                 raise TopicExists(name)
-            self._topics[name] = _Topic(name, self._ring_size)
+            self._topics[name] = _Topic(self._ring_size)
 
     def delete_topic(self, name: str) -> None:
         with self._lock:
-            topic = self._topics.pop(name, None)
-            if topic is None:
+            if self._topics.pop(name, None) is None:
                 raise TopicNotFound(name)
-            for subscriber in topic.subscribers:
-                self._forget(subscriber, name)
-                subscriber.topic_deleted(name)
+            self._fanout.drop_topic(name)
 
     def topics(self) -> list[TopicInfo]:
         with self._lock:
             return [
-                TopicInfo(t.name, len(t.subscribers), t.seq)
-                for t in sorted(self._topics.values(), key=lambda t: t.name)
+                TopicInfo(name, self._fanout.count(name), topic.seq)
+                for name, topic in sorted(self._topics.items())
             ]
 
     def publish(self, topic: str, message_id: str, payload: Any) -> Event:
@@ -78,8 +74,7 @@ class MemoryBroker(Broker):
             event = Event(topic, message_id, payload, state.seq, time.time())
             event.wire = self._encode(event)
             state.ring.append(event)
-            for subscriber in state.subscribers:
-                subscriber.deliver(event)
+            self._fanout.deliver(event)
             return event
 
     def subscribe(self, topic: str, subscriber: Subscriber, last_n: int = 0) -> Subscription:
@@ -87,36 +82,21 @@ class MemoryBroker(Broker):
             state = self._topics.get(topic)
             if state is None:
                 raise TopicNotFound(topic)
-            if subscriber in state.subscribers:
+            if not self._fanout.add(topic, subscriber):
                 return Subscription([], state.seq)
-            state.subscribers[subscriber] = None
-            self._by_subscriber.setdefault(subscriber, set()).add(topic)
             replay = list(state.ring)[-last_n:] if last_n else []
             return Subscription(replay, state.seq)
 
     def unsubscribe(self, topic: str, subscriber: Subscriber) -> None:
         with self._lock:
-            state = self._topics.get(topic)
-            if state is None:
+            if topic not in self._topics:
                 raise TopicNotFound(topic)
-            if subscriber in state.subscribers:
-                del state.subscribers[subscriber]
-                self._forget(subscriber, topic)
+            self._fanout.remove(topic, subscriber)
 
     def unsubscribe_all(self, subscriber: Subscriber) -> None:
         with self._lock:
-            for name in self._by_subscriber.pop(subscriber, ()):
-                state = self._topics.get(name)
-                if state is not None:
-                    state.subscribers.pop(subscriber, None)
+            self._fanout.remove_all(subscriber)
 
     def subscriber_count(self) -> int:
         with self._lock:
-            return sum(len(t.subscribers) for t in self._topics.values())
-
-    def _forget(self, subscriber: Subscriber, topic: str) -> None:
-        topics = self._by_subscriber.get(subscriber)
-        if topics is not None:
-            topics.discard(topic)
-            if not topics:
-                del self._by_subscriber[subscriber]
+            return sum(self._fanout.counts().values())

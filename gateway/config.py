@@ -95,9 +95,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not secret.strip():
         raise ConfigError("JWT_SECRET_KEY is required and must not be empty")
     broker_url = env.get("BROKER_URL", "").strip() or "memory://"
-    if broker_url != "memory://":
+    if broker_url != "memory://" and not broker_url.startswith(("redis://", "rediss://")):
+        scheme = broker_url.split("://", 1)[0]
         raise ConfigError(
-            f"BROKER_URL {broker_url!r} is not supported: this build has memory:// only"
+            f"BROKER_URL scheme {scheme!r} is not supported: use memory:// or redis://host:port/db"
         )
     return Settings(
         jwt_secret_key=secret,

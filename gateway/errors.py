@@ -7,6 +7,8 @@ import logging
 from flask import Flask, g, jsonify
 from werkzeug.exceptions import HTTPException
 
+from gateway.broker import BrokerUnavailable
+
 log = logging.getLogger("gateway.http")
 
 
@@ -33,6 +35,11 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError):
         return error_response(exc.status, exc.message)
+
+    @app.errorhandler(BrokerUnavailable)
+    def broker_unavailable(exc: BrokerUnavailable):
+        log.error("broker_unavailable error=%s", exc)
+        return error_response(503, "the message broker is unavailable; try again shortly")
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -186,3 +186,14 @@ def dropped(topic: str, count: int) -> bytes:
 def shutdown() -> bytes:
     """Encode the `info`/`shutdown` notice sent before a 1001 close."""
     return _frame({"type": "info", "msg": "shutdown"})
+
+
+def pack_message(message_id: str, payload: Any, timestamp: float) -> bytes:
+    """Serialise a published message for a broker's shared storage (not a wire frame)."""
+    return orjson.dumps({"id": message_id, "payload": payload, "timestamp": timestamp})
+
+
+def unpack_message(data: bytes) -> tuple[str, Any, float]:
+    """Read back what `pack_message` wrote: (id, payload, timestamp)."""
+    message = orjson.loads(data)
+    return message["id"], message["payload"], message["timestamp"]

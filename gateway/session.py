@@ -12,7 +12,7 @@ import logging
 import threading
 
 from gateway import protocol, wsframes
-from gateway.broker import Broker, Event, TopicNotFound
+from gateway.broker import Broker, BrokerUnavailable, Event, TopicNotFound
 from gateway.outbox import Outbox
 from gateway.protocol import ProtocolError
 
@@ -54,7 +54,15 @@ class Session:
         """Serve one client frame; protocol mistakes become `error` frames."""
         try:
             command = protocol.decode(data)
-            self._dispatch(command)
+            try:
+                self._dispatch(command)
+            except BrokerUnavailable as exc:
+                log.error("broker_unavailable conn=%s error=%s", self.conn_id, exc)
+                raise ProtocolError(
+                    protocol.INTERNAL,
+                    "the message broker is unavailable; try again shortly",
+                    command.request_id,
+                ) from None
         except ProtocolError as exc:
             log.info(
                 "ws_rejected conn=%s code=%s request_id=%s message=%s",

@@ -1,0 +1,391 @@
+"""RedisBroker: topics, history and seq in Redis, fan-out local to each worker (SPEC §7).
+
+Any number of gunicorn workers and hosts share one Redis. A Lua script gives each message
+its seq, appends it to the topic's history ring and publishes it on the topic's channel in
+one atomic step, so every worker receives one order. Each worker subscribes to a topic's
+channel once, when it first has a local subscriber, and fans events out to its own
+connections through the same `Fanout` as the memory broker.
+
+Keys, under a prefix (default `gw`):
+  {p}:topics        hash  name -> creation id (its presence is the topic's existence)
+  {p}:seq:{name}    int   the topic's last seq (= messages published since creation)
+  {p}:ring:{name}   list  the last RING_BUFFER_SIZE stored messages, "seq:body"
+  {p}:chan:{name}   channel the same "seq:body" entries, and "deleted" on deletion
+  {p}:workers       zset  worker id -> last heartbeat (unix seconds)
+  {p}:subs:{id}     hash  topic -> that worker's local subscriber count (expires)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from gateway.broker import (
+    Broker,
+    BrokerUnavailable,
+    Encoder,
+    Event,
+    Subscriber,
+    Subscription,
+    TopicExists,
+    TopicInfo,
+    TopicNotFound,
+)
+from gateway.fanout import Fanout
+
+try:
+    import redis
+except ImportError as exc:  # pragma: no cover - redis is in requirements.txt
+    raise ImportError(
+        "BROKER_URL is a redis:// URL but redis is missing: pip install redis"
+    ) from exc
+
+log = logging.getLogger("gateway.broker")
+
+Packer = Callable[[str, Any, float], bytes]
+Unpacker = Callable[[bytes], tuple[str, Any, float]]
+
+_DELETED = b"deleted"
+# A worker whose heartbeat is older than this no longer counts in /health and /stats.
+WORKER_TTL = 15.0
+_HEARTBEAT_SECONDS = 5.0
+_SUBSCRIBE_WAIT = 5.0
+_BACKOFF_MAX = 5.0
+
+_PUBLISH = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return -1 end
+local seq = redis.call('INCR', KEYS[2])
+local entry = seq .. ':' .. ARGV[2]
+local keep = tonumber(ARGV[3])
+if keep > 0 then
+  redis.call('RPUSH', KEYS[3], entry)
+  redis.call('LTRIM', KEYS[3], -keep, -1)
+end
+redis.call('PUBLISH', KEYS[4], entry)
+return seq
+"""
+
+_DELETE = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('PUBLISH', KEYS[4], 'deleted')
+return 1
+"""
+
+
+def _unavailable(func):
+    """Turn a Redis connection failure into BrokerUnavailable."""
+
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BrokerUnavailable(f"redis: {exc}") from exc
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper
+
+
+class RedisBroker(Broker):
+    """A broker whose topics, rings and seqs live in Redis, shared by every worker."""
+
+    def __init__(
+        self,
+        url: str,
+        ring_size: int,
+        encode: Encoder,
+        pack: Packer,
+        unpack: Unpacker,
+        prefix: str = "gw",
+    ) -> None:
+        self._ring_size = ring_size
+        self._encode = encode
+        self._pack = pack
+        self._unpack = unpack
+        self._p = prefix
+        self._worker = uuid.uuid4().hex[:12]
+        self._redis = redis.Redis.from_url(
+            url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
+        )
+        self._publish_script = self._redis.register_script(_PUBLISH)
+        self._delete_script = self._redis.register_script(_DELETE)
+        self._lock = threading.Lock()
+        self._fanout = Fanout()
+        # Topics whose channel this worker listens to: set once Redis confirmed it.
+        self._listening: dict[str, threading.Event] = {}
+        self._last_seq: dict[str, int] = {}
+        self._stopping = threading.Event()
+        self._pubsub = self._redis.pubsub()
+        # A channel of its own keeps the subscription open, so the listener always has
+        # something to block on (and a way to be woken, if ever needed).
+        self._pubsub.subscribe(f"{prefix}:worker:{self._worker}")
+        for target in (self._listen, self._heartbeat):
+            threading.Thread(target=target, name=f"redis-{target.__name__}", daemon=True).start()
+
+    # Keys ------------------------------------------------------------------------------------
+
+    def _key(self, kind: str, name: str) -> str:
+        return f"{self._p}:{kind}:{name}"
+
+    @property
+    def _topics_key(self) -> str:
+        return f"{self._p}:topics"
+
+    @property
+    def _workers_key(self) -> str:
+        return f"{self._p}:workers"
+
+    # Broker ------------------------------------------------------------------------------------
+
+    @_unavailable
+    def create_topic(self, name: str) -> None:
+        if not self._redis.hsetnx(self._topics_key, name, uuid.uuid4().hex):
+            raise TopicExists(name)
+        # A name used before starts from seq 1 (deletion removed these, but be certain).
+        self._redis.delete(self._key("seq", name), self._key("ring", name))
+
+    @_unavailable
+    def delete_topic(self, name: str) -> None:
+        keys = [
+            self._topics_key,
+            self._key("seq", name),
+            self._key("ring", name),
+            self._key("chan", name),
+        ]
+        if not self._delete_script(keys=keys, args=[name]):
+            raise TopicNotFound(name)
+
+    @_unavailable
+    def topics(self) -> list[TopicInfo]:
+        names = sorted(n.decode() for n in self._redis.hkeys(self._topics_key))
+        if not names:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for name in names:
+            pipe.get(self._key("seq", name))
+        seqs = pipe.execute()
+        counts = self._cluster_counts()
+        return [
+            TopicInfo(name, counts.get(name, 0), int(seq or 0))
+            for name, seq in zip(names, seqs, strict=True)
+        ]
+
+    @_unavailable
+    def publish(self, topic: str, message_id: str, payload: Any) -> Event:
+        timestamp = time.time()
+        keys = [
+            self._topics_key,
+            self._key("seq", topic),
+            self._key("ring", topic),
+            self._key("chan", topic),
+        ]
+        body = self._pack(message_id, payload, timestamp)
+        seq = self._publish_script(keys=keys, args=[topic, body, self._ring_size])
+        if seq < 0:
+            raise TopicNotFound(topic)
+        # Local subscribers get the event from the channel, in seq order with everyone else.
+        return Event(topic, message_id, payload, seq, timestamp)
+
+    @_unavailable
+    def subscribe(self, topic: str, subscriber: Subscriber, last_n: int = 0) -> Subscription:
+        if not self._redis.hexists(self._topics_key, topic):
+            raise TopicNotFound(topic)
+        self._listen_to(topic)
+        with self._lock:
+            added = self._fanout.add(topic, subscriber)
+        if not added:
+            return Subscription([], int(self._redis.get(self._key("seq", topic)) or 0))
+        self._count(topic, +1)
+        # Registered first, snapshot second: nothing published in between is missed, and
+        # what the channel brings late at or below the snapshot's seq is skipped (floor).
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.get(self._key("seq", topic))
+        pipe.lrange(self._key("ring", topic), -last_n, -1)
+        seq, entries = pipe.execute()
+        seq = int(seq or 0)
+        with self._lock:
+            self._fanout.set_floor(topic, subscriber, seq)
+        replay = [self._event(topic, entry) for entry in entries] if last_n else []
+        return Subscription(replay, seq)
+
+    @_unavailable
+    def unsubscribe(self, topic: str, subscriber: Subscriber) -> None:
+        if not self._redis.hexists(self._topics_key, topic):
+            raise TopicNotFound(topic)
+        with self._lock:
+            removed = self._fanout.remove(topic, subscriber)
+        if removed:
+            self._count(topic, -1)
+
+    def unsubscribe_all(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            topics = self._fanout.remove_all(subscriber)
+        for topic in topics:
+            self._count(topic, -1)
+
+    @_unavailable
+    def subscriber_count(self) -> int:
+        return sum(self._cluster_counts().values())
+
+    def close(self) -> None:
+        self._stopping.set()
+        try:
+            self._redis.zrem(self._workers_key, self._worker)
+            self._redis.delete(self._key("subs", self._worker))
+        except redis.RedisError:
+            pass
+        self._pubsub.close()
+        self._redis.close()
+
+    # Subscriber counts across workers ----------------------------------------------------------
+
+    def _count(self, topic: str, delta: int) -> None:
+        # Best effort: the heartbeat rewrites this worker's counts every few seconds anyway.
+        try:
+            self._redis.hincrby(self._key("subs", self._worker), topic, delta)
+        except redis.RedisError as exc:
+            log.warning("redis_count_failed topic=%s error=%s", topic, exc)
+
+    def _cluster_counts(self) -> dict[str, int]:
+        alive = self._redis.zrangebyscore(self._workers_key, time.time() - WORKER_TTL, "+inf")
+        pipe = self._redis.pipeline(transaction=False)
+        for worker in {w.decode() for w in alive} | {self._worker}:
+            pipe.hgetall(self._key("subs", worker))
+        totals: dict[str, int] = {}
+        for counts in pipe.execute():
+            for name, count in counts.items():
+                topic = name.decode()
+                totals[topic] = totals.get(topic, 0) + int(count)
+        return {topic: count for topic, count in totals.items() if count > 0}
+
+    def _heartbeat(self) -> None:
+        """Say this worker is alive, with its true local counts; forget dead workers."""
+        while not self._stopping.is_set():
+            with self._lock:
+                counts = self._fanout.counts()
+            key = self._key("subs", self._worker)
+            now = time.time()
+            try:
+                pipe = self._redis.pipeline(transaction=True)
+                pipe.delete(key)
+                if counts:
+                    pipe.hset(key, mapping=counts)
+                    pipe.expire(key, int(WORKER_TTL * 2))
+                pipe.zadd(self._workers_key, {self._worker: now})
+                pipe.zremrangebyscore(self._workers_key, "-inf", now - WORKER_TTL)
+                pipe.execute()
+            except redis.RedisError as exc:
+                log.warning("redis_heartbeat_failed error=%s", exc)
+            self._stopping.wait(_HEARTBEAT_SECONDS)
+
+    # Channel listener --------------------------------------------------------------------------
+
+    def _listen_to(self, topic: str) -> None:
+        """Make sure this worker receives the topic's channel before anyone subscribes."""
+        with self._lock:
+            ready = self._listening.get(topic)
+            if ready is None:
+                ready = self._listening[topic] = threading.Event()
+                subscribe = True
+            else:
+                subscribe = False
+        if subscribe:
+            try:
+                self._pubsub.subscribe(self._key("chan", topic))
+            except redis.RedisError:
+                with self._lock:
+                    self._listening.pop(topic, None)
+                raise
+        if not ready.wait(_SUBSCRIBE_WAIT):
+            raise BrokerUnavailable("redis did not confirm the channel subscription in time")
+
+    def _listen(self) -> None:
+        """Receive every subscribed channel; reconnect with capped backoff, repairing gaps."""
+        backoff = 0.1
+        while not self._stopping.is_set():
+            try:
+                message = self._pubsub.get_message(timeout=1.0)
+            except Exception as exc:
+                if self._stopping.is_set():
+                    return  # close() shut the connection under us
+                if not isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
+                    log.exception("redis_listener_error")
+                log.warning("redis_listener_disconnected error=%s retry_in=%.1fs", exc, backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
+            backoff = 0.1
+            if message is None:
+                continue
+            channel = message["channel"].decode()
+            if not channel.startswith(self._key("chan", "")):
+                continue
+            topic = channel.removeprefix(self._key("chan", ""))
+            try:
+                if message["type"] == "subscribe":
+                    self._on_subscribed(topic)
+                elif message["type"] == "message":
+                    self._on_message(topic, message["data"])
+            except redis.RedisError as exc:
+                log.warning("redis_listener_failed topic=%s error=%s", topic, exc)
+
+    def _on_subscribed(self, topic: str) -> None:
+        """A channel (re)subscription is confirmed: start from its seq, or fill the gap."""
+        current = int(self._redis.get(self._key("seq", topic)) or 0)
+        with self._lock:
+            last = self._last_seq.get(topic)
+            ready = self._listening.get(topic)
+        if last is None:
+            with self._lock:
+                self._last_seq[topic] = current
+        elif current > last:
+            log.info("redis_resubscribed topic=%s missed=%d", topic, current - last)
+            self._repair(topic, last, current + 1)
+        if ready is not None:
+            ready.set()
+
+    def _on_message(self, topic: str, data: bytes) -> None:
+        if data == _DELETED:
+            with self._lock:
+                self._fanout.drop_topic(topic)
+                self._last_seq[topic] = 0
+            self._redis.hdel(self._key("subs", self._worker), topic)
+            return
+        seq = int(data.split(b":", 1)[0])
+        with self._lock:
+            last = self._last_seq.get(topic, 0)
+        if seq <= last:
+            return  # already delivered (a repair got it first)
+        if seq > last + 1:
+            self._repair(topic, last, seq)
+        self._dispatch(self._event(topic, data))
+
+    def _repair(self, topic: str, last: int, upto: int) -> None:
+        """Deliver the ring's events after `last` and before `upto` that the channel lost."""
+        entries = self._redis.lrange(self._key("ring", topic), 0, -1)
+        events = [self._event(topic, e) for e in entries]
+        missing = [e for e in events if last < e.seq < upto]
+        lost = (upto - 1 - last) - len(missing)
+        if lost:
+            log.warning("redis_gap_unrepaired topic=%s lost=%d", topic, lost)
+        for event in missing:
+            self._dispatch(event)
+
+    def _dispatch(self, event: Event) -> None:
+        with self._lock:
+            if event.seq <= self._last_seq.get(event.topic, 0):
+                return
+            self._last_seq[event.topic] = event.seq
+            self._fanout.deliver(event)
+
+    def _event(self, topic: str, entry: bytes) -> Event:
+        seq, body = entry.split(b":", 1)
+        message_id, payload, timestamp = self._unpack(body)
+        event = Event(topic, message_id, payload, int(seq), timestamp)
+        event.wire = self._encode(event)
+        return event
