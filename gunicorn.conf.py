@@ -19,20 +19,26 @@ def _fail(message):
 
 try:
     _settings = load_settings()
+except ConfigError as exc:
+    _fail(exc)
+try:
     _port = int(os.environ.get("PORT", "8000"))
     if not 0 < _port < 65536:
         raise ValueError
-except ConfigError as exc:
-    _fail(exc)
 except ValueError:
     _fail(f"PORT must be a port number, got {os.environ.get('PORT')!r}")
-
-bind = f"0.0.0.0:{_port}"
-worker_class = "gevent"
 # The memory broker keeps all state in one process: one worker (checked in on_starting).
 # With Redis every worker shares the state: one per core unless WEB_CONCURRENCY says.
 _default_workers = 1 if _settings.broker_url == "memory://" else (os.cpu_count() or 1)
-workers = int(os.environ.get("WEB_CONCURRENCY", "").strip() or _default_workers)
+try:
+    workers = int(os.environ.get("WEB_CONCURRENCY", "").strip() or _default_workers)
+    if workers < 1:
+        raise ValueError
+except ValueError:
+    _fail(f"WEB_CONCURRENCY must be a positive integer, got {os.environ.get('WEB_CONCURRENCY')!r}")
+
+bind = f"0.0.0.0:{_port}"
+worker_class = "gevent"
 # Concurrent connections per worker; gevent's default of 1000 makes the 1001st hang.
 worker_connections = 20000
 # gunicorn waits this long for open WebSockets after SIGTERM; the app drains within

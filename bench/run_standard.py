@@ -63,7 +63,7 @@ def server_spec(
     """Command, cwd, env and readiness path for one server."""
     env = dict(os.environ, PORT=str(port), LOG_LEVEL="warning")
     conf = str(PEERS / "gunicorn_peer.conf.py")
-    if name == "gateway":
+    if name.startswith("gateway"):
         env.update(
             JWT_SECRET_KEY="bench-secret-" + "0" * 40,  # >= 32 bytes: no PyJWT key warning
             DATABASE_URL=":memory:",
@@ -73,6 +73,9 @@ def server_spec(
         )
         env.pop("WEB_CONCURRENCY", None)
         env.pop("GUNICORN_CMD_ARGS", None)
+        env.pop("BROKER_URL", None)
+        if name != "gateway":  # gateway-redis-<N>w: N workers sharing a Redis of its own
+            env["WEB_CONCURRENCY"] = name.rsplit("-", 1)[1].removesuffix("w")
         cmd = [gateway_python, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
         return cmd, gateway_dir, env, "/health"
     if name == "ceiling":
@@ -101,6 +104,17 @@ class Server:
             args.peer_python,
         )
         self.log_path = Path(args.log_dir) / f"server-{name}-{self.port}.log"
+        self.redis = None
+        if name.startswith("gateway-redis"):
+            redis_port = free_port()
+            self.redis = subprocess.Popen(
+                ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1"]
+                + ["--save", "", "--appendonly", "no"],
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            env["BROKER_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+            time.sleep(0.3)  # redis-server listens within milliseconds; the gateway retries
         with open(self.log_path, "wb") as log:  # the child keeps its own copy of the fd
             self.proc = subprocess.Popen(
                 cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -132,6 +146,14 @@ class Server:
 
     def stop(self) -> int | None:
         """SIGTERM the group, wait, then SIGKILL; return the exit code (None if killed)."""
+        try:
+            return self._stop()
+        finally:
+            if self.redis is not None:
+                self.redis.terminate()
+                self.redis.wait(timeout=10)
+
+    def _stop(self) -> int | None:
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
@@ -329,8 +351,9 @@ def main() -> int:
                         server = None
                         break
                 t0 = time.monotonic()
+                protocol = "gateway" if name.startswith("gateway") else name
                 argv = loadgen_argv(
-                    name, server.url, server.proc.pid, params, timeout, args.payload_bytes
+                    protocol, server.url, server.proc.pid, params, timeout, args.payload_bytes
                 )
                 report = run_loadgen(argv, timeout)
                 report["server_alive_after"] = server.alive()

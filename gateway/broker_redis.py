@@ -121,9 +121,6 @@ class RedisBroker(Broker):
         self._last_seq: dict[str, int] = {}
         self._stopping = threading.Event()
         self._pubsub = self._redis.pubsub()
-        # A channel of its own keeps the subscription open, so the listener always has
-        # something to block on (and a way to be woken, if ever needed).
-        self._pubsub.subscribe(f"{prefix}:worker:{self._worker}")
         for target in (self._listen, self._heartbeat):
             threading.Thread(target=target, name=f"redis-{target.__name__}", daemon=True).start()
 
@@ -307,8 +304,13 @@ class RedisBroker(Broker):
     def _listen(self) -> None:
         """Receive every subscribed channel; reconnect with capped backoff, repairing gaps."""
         backoff = 0.1
+        own_channel = f"{self._p}:worker:{self._worker}"
         while not self._stopping.is_set():
             try:
+                if not self._pubsub.subscribed:
+                    # A channel of its own keeps the subscription open, so the listener
+                    # always has something to block on, and Redis may be down at start-up.
+                    self._pubsub.subscribe(own_channel)
                 message = self._pubsub.get_message(timeout=1.0)
             except Exception as exc:
                 if self._stopping.is_set():
