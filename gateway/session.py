@@ -100,10 +100,12 @@ class Session:
             self._held[topic] = []
         try:
             subscription = self._broker.subscribe(topic, self, command.last_n)
-        except TopicNotFound:
+        except BaseException as exc:
             with self._lock:
                 del self._held[topic]
-            raise _not_found(topic, command.request_id) from None
+            if isinstance(exc, TopicNotFound):
+                raise _not_found(topic, command.request_id) from None
+            raise
         with self._lock:
             held = self._held[topic]
             self._reply(protocol.ack(topic, command.request_id))
