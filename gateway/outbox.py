@@ -68,7 +68,7 @@ class Outbox:
         self._close_queued = False
         self._flush_scheduled = False
         self._writer = None  # the backlog writer while one runs
-        self._peer_closed = threading.Event()
+        self._peer_closed = False
         self.last_heard = time.monotonic()
 
     @property
@@ -130,7 +130,7 @@ class Outbox:
 
     def peer_closed(self) -> None:
         """Record that the reading side has ended (close reply received or socket gone)."""
-        self._peer_closed.set()
+        self._peer_closed = True
 
     def finish(self, timeout: float) -> None:
         """Write what is queued (the library's close reply included), then let go."""
@@ -296,7 +296,7 @@ class Outbox:
     # Closing the TCP connection ------------------------------------------------------------
 
     def _cut_unless_peer_closed(self) -> None:
-        if not self._peer_closed.is_set():
+        if not self._peer_closed:
             self._cut()
 
     def _cut(self) -> None:
@@ -312,7 +312,7 @@ class Outbox:
         just sent before the client reads it. Only done once the library's reader has ended,
         so that this is the only reader of the socket.
         """
-        if not self._peer_closed.is_set():
+        if not self._peer_closed:
             return
         deadline = time.monotonic() + _LINGER_SECONDS
         with contextlib.suppress(OSError):
