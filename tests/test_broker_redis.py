@@ -1,0 +1,109 @@
+"""RedisBroker faults against a real redis-server: outage, recovery and pub/sub gaps."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+from redis_server import RedisServer
+from test_broker_contract import Recorder, encode
+
+from gateway import protocol
+from gateway.broker import BrokerUnavailable
+from gateway.broker_redis import RedisBroker
+
+
+@pytest.fixture
+def server(tmp_path):
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_broker(server):
+    made = []
+
+    def make(ring_size: int = 100) -> RedisBroker:
+        broker = RedisBroker(
+            server.url, ring_size, encode, protocol.pack_message, protocol.unpack_message
+        )
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        broker.close()
+
+
+def retry(call, timeout: float = 20.0):
+    """Call until it stops raising BrokerUnavailable, or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except BrokerUnavailable:
+            assert time.monotonic() < deadline, "the broker did not recover in time"
+            time.sleep(0.2)
+
+
+def test_outage_fails_clearly_then_recovers_by_itself(server, make_broker):
+    broker = make_broker()
+    broker.create_topic("t")
+    s = Recorder()
+    broker.subscribe("t", s)
+    broker.publish("t", "1", None)
+    s.wait(lambda r: r.seqs() == [1])
+
+    server.stop()
+    with pytest.raises(BrokerUnavailable):
+        broker.publish("t", "2", None)
+    with pytest.raises(BrokerUnavailable):
+        broker.topics()
+
+    server.start()  # same port, data kept (append-only file)
+    event = retry(lambda: broker.publish("t", "3", None))
+    assert event.seq == 2
+    # The listener reconnected and resubscribed by itself: the subscriber gets it live.
+    s.wait(lambda r: r.seqs() == [1, 2], timeout=20)
+
+
+def test_events_lost_by_pubsub_are_repaired_from_the_ring(server, make_broker):
+    listening, publishing = make_broker(), make_broker()
+    listening.create_topic("t")
+    s = Recorder()
+    listening.subscribe("t", s)
+    for i in range(5):
+        publishing.publish("t", str(i), i)
+    s.wait(lambda r: len(r.events) == 5)
+
+    # Cut the listener's pub/sub connection; what is published now never reaches it.
+    admin = redis.Redis.from_url(server.url)
+    assert admin.client_kill_filter(_type="pubsub") >= 1
+    for i in range(5, 15):
+        publishing.publish("t", str(i), i)
+    s.wait(lambda r: len(r.events) >= 15, timeout=20)
+    time.sleep(0.2)
+    assert s.seqs() == list(range(1, 16))
+    assert [e.payload for e in s.events] == list(range(15))
+    admin.close()
+
+
+def test_workers_share_topics_counts_and_one_order(make_broker):
+    one, two = make_broker(), make_broker()
+    one.create_topic("t")
+    assert [t.name for t in two.topics()] == ["t"]
+    a, b = Recorder(), Recorder()
+    one.subscribe("t", a)
+    two.subscribe("t", b)
+    assert one.subscriber_count() == two.subscriber_count() == 2
+    for i in range(50):
+        (one if i % 2 else two).publish("t", str(i), i)
+    for r in (a, b):
+        r.wait(lambda r: len(r.events) == 50)
+        assert r.seqs() == list(range(1, 51))
+    two.delete_topic("t")
+    a.wait(lambda r: r.deleted == ["t"])
+    b.wait(lambda r: r.deleted == ["t"])
+    assert one.subscriber_count() == 0
