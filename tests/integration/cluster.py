@@ -1,0 +1,159 @@
+"""Scale-out helpers: a throwaway PostgreSQL database and two gunicorn gateways on one Redis.
+
+PostgreSQL is found as in tests/test_user_stores.py: TEST_POSTGRES_URL, else the local server
+as user postgres or root; each use gets a database of its own, dropped afterwards. Without a
+server (or without redis-server) the tests skip saying why, except under CI, where they fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+# tests/ holds redis_server.py; make it importable whatever pytest's import mode is.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness import Server, http  # noqa: E402
+from redis_server import RedisServer  # noqa: E402
+
+LOCAL_POSTGRES = (
+    "postgresql://postgres@127.0.0.1:5432/postgres",
+    "postgresql://root@127.0.0.1:5432/postgres",
+)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def unavailable(reason: str):
+    """Skip with the reason, or fail under CI (CI never passes without the services)."""
+    if in_ci():
+        pytest.fail(f"{reason}; CI is set, so this fails instead of skipping")
+    pytest.skip(reason)
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+
+
+def postgres_admin_url() -> str:
+    """A URL of a reachable PostgreSQL server that may create databases, or skip/fail."""
+    try:
+        import psycopg
+    except ImportError:
+        unavailable("psycopg is not installed (pip install -r requirements.txt)")
+    configured = os.environ.get("TEST_POSTGRES_URL", "").strip()
+    failures = []
+    for url in [configured] if configured else LOCAL_POSTGRES:
+        try:
+            with psycopg.connect(url, connect_timeout=5):
+                return url
+        except psycopg.Error as exc:
+            failures.append(f"{_redacted(url)}: {str(exc).strip()}")
+    unavailable(
+        "no PostgreSQL server reachable (set TEST_POSTGRES_URL to use another one): "
+        + "; ".join(failures)
+    )
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """Yield the URL of a new, uniquely named database; drop it (even if in use) afterwards."""
+    admin_url = postgres_admin_url()
+    import psycopg
+    from psycopg import sql
+
+    name = f"gateway_scaleout_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
+            drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+            admin.execute(drop.format(sql.Identifier(name)))
+
+
+def wait_healthy(servers: list[Server], timeout: float = 30.0) -> None:
+    """Wait until every launched server answers GET /health with 200."""
+    deadline = time.monotonic() + timeout
+    pending = list(servers)
+    while pending:
+        srv = pending[0]
+        if srv.proc.poll() is not None:
+            raise AssertionError(
+                f"gunicorn exited with {srv.proc.returncode} before serving\n{srv.log_tail()}"
+            )
+        try:
+            status, _ = http("GET", srv.url + "/health", timeout=2)
+        except OSError:
+            status = None
+        if status == 200:
+            pending.pop(0)
+            continue
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gunicorn not healthy after {timeout}s\n{srv.log_tail()}")
+        time.sleep(0.1)
+
+
+class Cluster:
+    """One redis-server and two gunicorn gateways (A, B) sharing it and one user database."""
+
+    def __init__(self, workdir: Path, database_url: str, **env: str) -> None:
+        self.workdir = workdir
+        redis_dir = workdir / "redis"
+        redis_dir.mkdir(parents=True, exist_ok=True)
+        self.redis = RedisServer(redis_dir)
+        self.env = {
+            "BROKER_URL": self.redis.url,
+            "DATABASE_URL": database_url,
+            "JWT_SECRET_KEY": secrets.token_hex(32),
+            "WEB_CONCURRENCY": "2",
+            "HEARTBEAT_INTERVAL": "0",
+            "SHUTDOWN_GRACE_SECONDS": "2",
+            **env,
+        }
+        self.a: Server | None = None
+        self.b: Server | None = None
+
+    @property
+    def servers(self) -> list[Server]:
+        return [s for s in (self.a, self.b) if s is not None]
+
+    def start(self) -> Cluster:
+        self.redis.start()
+        self.a = Server(self.workdir, env=self.env).launch()
+        self.b = Server(self.workdir, env=self.env).launch()
+        wait_healthy([self.a, self.b])
+        return self
+
+    def close(self) -> None:
+        for srv in self.servers:
+            srv.close()
+        self.redis.stop()
+
+    def logs(self) -> str:
+        """Both servers' logs, for assertion messages."""
+        return "\n".join(srv.log_tail(30) for srv in self.servers)
+
+
+@contextlib.contextmanager
+def running_cluster(workdir: Path, database_url: str, **env: str) -> Iterator[Cluster]:
+    cluster = Cluster(workdir, database_url, **env)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.close()
