@@ -50,6 +50,9 @@ Packer = Callable[[str, Any, float], bytes]
 Unpacker = Callable[[bytes], tuple[str, Any, float]]
 
 _DELETED = b"deleted"
+# Redis connections per worker (the listener holds one), and how long a call waits for one.
+POOL_SIZE = 32
+POOL_TIMEOUT = 5.0
 # A worker whose heartbeat is older than this no longer counts in /health and /stats.
 WORKER_TTL = 15.0
 _HEARTBEAT_SECONDS = 5.0
@@ -109,9 +112,18 @@ class RedisBroker(Broker):
         self._unpack = unpack
         self._p = prefix
         self._worker = uuid.uuid4().hex[:12]
-        self._redis = redis.Redis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
+        # A bounded pool that makes callers wait: a thousand clients subscribing at once
+        # must queue for a few connections, not open a thousand (redis-py's default pool
+        # refuses past 100 with "Too many connections").
+        pool = redis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=POOL_SIZE,
+            timeout=POOL_TIMEOUT,
+            socket_timeout=5,
+            socket_connect_timeout=2,
+            health_check_interval=30,
         )
+        self._redis = redis.Redis(connection_pool=pool)
         self._publish_script = self._redis.register_script(_PUBLISH)
         self._delete_script = self._redis.register_script(_DELETE)
         self._lock = threading.Lock()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 from wsproto import WSConnection
@@ -21,7 +22,7 @@ from gateway.outbox import Outbox
 
 log = logging.getLogger("gateway.ws")
 
-_RECV_BYTES = 65536
+_RECV_BYTES = 16384
 
 
 class NoReaderThread:
@@ -64,11 +65,7 @@ def read_frames(
         for event in protocol.events():
             if isinstance(event, TextMessage | BytesMessage):
                 chunk = event.data
-                size += (
-                    len(chunk)
-                    if isinstance(chunk, bytes) or chunk.isascii()
-                    else len(chunk.encode())
-                )
+                size += _byte_length(chunk)
                 if size > limit:
                     if outbox.is_open:
                         log.info("ws_rejected conn=%s reason=message_too_big", outbox.conn_id)
@@ -87,6 +84,10 @@ def read_frames(
                 _reply(protocol, outbox, event.response())
                 outbox.peer_closed()
                 return event.code
+        # Yield once per chunk read: under gevent this runs the flushes the chunk scheduled
+        # (acks, fan-out) before the next chunk, so a pipelining client gets its acks while
+        # it still has requests to send, instead of after the whole backlog.
+        time.sleep(0)
 
 
 def _reply(protocol: WSConnection, outbox: Outbox, event) -> None:
