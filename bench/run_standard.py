@@ -76,6 +76,8 @@ def server_spec(
         env.pop("BROKER_URL", None)
         if name != "gateway":  # gateway-redis-<N>w: N workers sharing a Redis of its own
             env["WEB_CONCURRENCY"] = name.rsplit("-", 1)[1].removesuffix("w")
+            # Workers must share accounts too: one SQLite file instead of :memory: each.
+            env["DATABASE_URL"] = str(Path(tempfile.mkdtemp(prefix="bench-db-")) / "users.db")
         cmd = [gateway_python, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
         return cmd, gateway_dir, env, "/health"
     if name == "ceiling":
