@@ -43,10 +43,47 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class Subscription:
-    """What `subscribe` returns: the replayed history and the seq it runs up to."""
+    """What `subscribe` returns: the replayed history and where the topic's stream stands.
+
+    `seq` is the topic's current seq (the replay runs up to it); `epoch` names this
+    incarnation of the stream (a topic deleted and created again is a new stream);
+    `recovered` says, for a `since_seq` resume, that every message after it was replayed.
+    """
 
     replay: list[Event]
     seq: int
+    epoch: str = ""
+    recovered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """What `history` returns: ring messages after a seq, oldest first."""
+
+    events: list[Event]
+    seq: int
+    epoch: str
+    complete: bool
+
+
+# How long a publish's idempotency key is remembered (SPEC issue: at least five minutes).
+IDEMPOTENCY_SECONDS = 300
+
+
+def resume(
+    ring: list[Event], since_seq: int, seq: int, same_epoch: bool
+) -> tuple[list[Event], bool]:
+    """Pick what a client that saw `since_seq` has missed, and whether that is all of it.
+
+    From another epoch (or a seq the stream never reached, i.e. it restarted) the client's
+    position means nothing here: it gets whatever the ring holds, and not `recovered`.
+    """
+    if not same_epoch or since_seq > seq:
+        return list(ring), False
+    missed = [event for event in ring if event.seq > since_seq]
+    if since_seq == seq:
+        return missed, True
+    return missed, bool(missed) and missed[0].seq == since_seq + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,15 +140,36 @@ class Broker(ABC):
         """Return a snapshot of every topic, sorted by name."""
 
     @abstractmethod
-    def publish(self, topic: str, message_id: str, payload: Any) -> Event:
-        """Assign the next seq, store the event in the ring and fan it out; raise TopicNotFound."""
+    def publish(
+        self, topic: str, message_id: str, payload: Any, idempotency_key: str | None = None
+    ) -> Event:
+        """Assign the next seq, store the event in the ring and fan it out; raise TopicNotFound.
+
+        A publish that repeats an `idempotency_key` of the same topic within
+        IDEMPOTENCY_SECONDS returns the first publish's event and delivers nothing.
+        """
 
     @abstractmethod
-    def subscribe(self, topic: str, subscriber: Subscriber, last_n: int = 0) -> Subscription:
-        """Register a subscriber, returning up to `last_n` past events; raise TopicNotFound.
+    def subscribe(
+        self,
+        topic: str,
+        subscriber: Subscriber,
+        last_n: int = 0,
+        since_seq: int | None = None,
+        epoch: str | None = None,
+    ) -> Subscription:
+        """Register a subscriber and replay its history; raise TopicNotFound.
 
+        `last_n` replays the last n events; `since_seq` (with the `epoch` the client saw it
+        in) replays every event after it that the ring still holds, per `resume`.
         Subscribing again while subscribed keeps the one subscription and replays nothing.
         """
+
+    @abstractmethod
+    def history(
+        self, topic: str, since_seq: int = 0, limit: int = 100, epoch: str | None = None
+    ) -> History:
+        """Return up to `limit` ring events after `since_seq`, oldest first; raise TopicNotFound."""
 
     @abstractmethod
     def unsubscribe(self, topic: str, subscriber: Subscriber) -> None:

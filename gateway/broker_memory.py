@@ -4,30 +4,51 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+import uuid
+from collections import OrderedDict, deque
 from typing import Any
 
 from gateway.broker import (
+    IDEMPOTENCY_SECONDS,
     Broker,
     Encoder,
     Event,
+    History,
     Subscriber,
     Subscription,
     TopicExists,
     TopicInfo,
     TopicNotFound,
+    resume,
 )
 from gateway.fanout import Fanout
 
+# Idempotency keys kept per topic at most, whatever their age: memory stays bounded.
+_MAX_KEYS = 100_000
+
 
 class _Topic:
-    """One topic's history ring and last seq (which is also its message count)."""
+    """One topic's ring, last seq (also its message count), epoch and idempotency keys."""
 
-    __slots__ = ("ring", "seq")
+    __slots__ = ("epoch", "keys", "ring", "seq")
 
     def __init__(self, ring_size: int) -> None:
         self.ring: deque[Event] = deque(maxlen=ring_size)
         self.seq = 0
+        # A new id per creation, and so per process: a restart starts new streams.
+        self.epoch = uuid.uuid4().hex[:16]
+        # Idempotency key -> (first event, expiry); oldest first, pruned as publishes pass.
+        self.keys: OrderedDict[str, tuple[Event, float]] = OrderedDict()
+
+    def remembered(self, key: str, now: float) -> Event | None:
+        """Forget expired keys; return the event first published under `key`, if any."""
+        while self.keys:
+            oldest, (_, expiry) = next(iter(self.keys.items()))
+            if expiry > now and len(self.keys) <= _MAX_KEYS:
+                break
+            del self.keys[oldest]
+        hit = self.keys.get(key)
+        return hit[0] if hit else None
 
 
 class MemoryBroker(Broker):
@@ -65,27 +86,58 @@ class MemoryBroker(Broker):
                 for name, topic in sorted(self._topics.items())
             ]
 
-    def publish(self, topic: str, message_id: str, payload: Any) -> Event:
+    def publish(
+        self, topic: str, message_id: str, payload: Any, idempotency_key: str | None = None
+    ) -> Event:
         with self._lock:
             state = self._topics.get(topic)
             if state is None:
                 raise TopicNotFound(topic)
+            now = time.time()
+            if idempotency_key is not None:
+                first = state.remembered(idempotency_key, now)
+                if first is not None:
+                    return first
             state.seq += 1
-            event = Event(topic, message_id, payload, state.seq, time.time())
+            event = Event(topic, message_id, payload, state.seq, now)
             event.wire = self._encode(event)
             state.ring.append(event)
+            if idempotency_key is not None:
+                state.keys[idempotency_key] = (event, now + IDEMPOTENCY_SECONDS)
             self._fanout.deliver(event)
             return event
 
-    def subscribe(self, topic: str, subscriber: Subscriber, last_n: int = 0) -> Subscription:
+    def subscribe(
+        self,
+        topic: str,
+        subscriber: Subscriber,
+        last_n: int = 0,
+        since_seq: int | None = None,
+        epoch: str | None = None,
+    ) -> Subscription:
         with self._lock:
             state = self._topics.get(topic)
             if state is None:
                 raise TopicNotFound(topic)
             if not self._fanout.add(topic, subscriber):
-                return Subscription([], state.seq)
+                return Subscription([], state.seq, state.epoch, since_seq is not None)
+            if since_seq is not None:
+                same = epoch is None or epoch == state.epoch
+                replay, recovered = resume(list(state.ring), since_seq, state.seq, same)
+                return Subscription(replay, state.seq, state.epoch, recovered)
             replay = list(state.ring)[-last_n:] if last_n else []
-            return Subscription(replay, state.seq)
+            return Subscription(replay, state.seq, state.epoch)
+
+    def history(
+        self, topic: str, since_seq: int = 0, limit: int = 100, epoch: str | None = None
+    ) -> History:
+        with self._lock:
+            state = self._topics.get(topic)
+            if state is None:
+                raise TopicNotFound(topic)
+            same = epoch is None or epoch == state.epoch
+            events, complete = resume(list(state.ring), since_seq, state.seq, same)
+            return History(events[:limit], state.seq, state.epoch, complete)
 
     def unsubscribe(self, topic: str, subscriber: Subscriber) -> None:
         with self._lock:

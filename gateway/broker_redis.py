@@ -13,6 +13,7 @@ Keys, under a prefix (default `gw`):
   {p}:chan:{name}   channel the same "seq:body" entries, and "deleted" on deletion
   {p}:workers       zset  worker id -> last heartbeat (unix seconds)
   {p}:subs:{id}     hash  topic -> that worker's local subscriber count (expires)
+  {p}:idem:{name}:{key}  a publish's idempotency key -> "epoch|seq:body" (expires)
 """
 
 from __future__ import annotations
@@ -25,15 +26,18 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.broker import (
+    IDEMPOTENCY_SECONDS,
     Broker,
     BrokerUnavailable,
     Encoder,
     Event,
+    History,
     Subscriber,
     Subscription,
     TopicExists,
     TopicInfo,
     TopicNotFound,
+    resume,
 )
 from gateway.fanout import Fanout
 
@@ -60,7 +64,14 @@ _SUBSCRIBE_WAIT = 5.0
 _BACKOFF_MAX = 5.0
 
 _PUBLISH = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return -1 end
+local epoch = redis.call('HGET', KEYS[1], ARGV[1])
+if not epoch then return {-1, ''} end
+if ARGV[4] ~= '' then
+  local prev = redis.call('GET', KEYS[5])
+  if prev and string.sub(prev, 1, #epoch + 1) == epoch .. '|' then
+    return {0, string.sub(prev, #epoch + 2)}
+  end
+end
 local seq = redis.call('INCR', KEYS[2])
 local entry = seq .. ':' .. ARGV[2]
 local keep = tonumber(ARGV[3])
@@ -68,8 +79,11 @@ if keep > 0 then
   redis.call('RPUSH', KEYS[3], entry)
   redis.call('LTRIM', KEYS[3], -keep, -1)
 end
+if ARGV[4] ~= '' then
+  redis.call('SET', KEYS[5], epoch .. '|' .. entry, 'EX', tonumber(ARGV[4]))
+end
 redis.call('PUBLISH', KEYS[4], entry)
-return seq
+return {seq, entry}
 """
 
 _DELETE = """
@@ -133,6 +147,8 @@ class RedisBroker(Broker):
         self._last_seq: dict[str, int] = {}
         self._stopping = threading.Event()
         self._pubsub = self._redis.pubsub()
+        self._own_channel = f"{prefix}:worker:{self._worker}"
+        self._wanted: list[str] = []  # topics whose channel the listener should subscribe
         for target in (self._listen, self._heartbeat):
             threading.Thread(target=target, name=f"redis-{target.__name__}", daemon=True).start()
 
@@ -185,42 +201,75 @@ class RedisBroker(Broker):
         ]
 
     @_unavailable
-    def publish(self, topic: str, message_id: str, payload: Any) -> Event:
-        timestamp = time.time()
+    def publish(
+        self, topic: str, message_id: str, payload: Any, idempotency_key: str | None = None
+    ) -> Event:
         keys = [
             self._topics_key,
             self._key("seq", topic),
             self._key("ring", topic),
             self._key("chan", topic),
+            self._key("idem", f"{topic}:{idempotency_key or ''}"),
         ]
-        body = self._pack(message_id, payload, timestamp)
-        seq = self._publish_script(keys=keys, args=[topic, body, self._ring_size])
+        body = self._pack(message_id, payload, time.time())
+        ttl = IDEMPOTENCY_SECONDS if idempotency_key is not None else ""
+        seq, entry = self._publish_script(keys=keys, args=[topic, body, self._ring_size, ttl])
         if seq < 0:
             raise TopicNotFound(topic)
-        # Local subscribers get the event from the channel, in seq order with everyone else.
-        return Event(topic, message_id, payload, seq, timestamp)
+        # Local subscribers get the event from the channel, in seq order with everyone else;
+        # a repeated idempotency key returns the first publish's entry and sends nothing.
+        return self._event(topic, entry)
 
     @_unavailable
-    def subscribe(self, topic: str, subscriber: Subscriber, last_n: int = 0) -> Subscription:
+    def subscribe(
+        self,
+        topic: str,
+        subscriber: Subscriber,
+        last_n: int = 0,
+        since_seq: int | None = None,
+        epoch: str | None = None,
+    ) -> Subscription:
         if not self._redis.hexists(self._topics_key, topic):
             raise TopicNotFound(topic)
         self._listen_to(topic)
         with self._lock:
             added = self._fanout.add(topic, subscriber)
         if not added:
-            return Subscription([], int(self._redis.get(self._key("seq", topic)) or 0))
+            seq, current_epoch, _ = self._snapshot(topic, 0)
+            return Subscription([], seq, current_epoch, since_seq is not None)
         self._count(topic, +1)
         # Registered first, snapshot second: nothing published in between is missed, and
         # what the channel brings late at or below the snapshot's seq is skipped (floor).
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.get(self._key("seq", topic))
-        pipe.lrange(self._key("ring", topic), -last_n, -1)
-        seq, entries = pipe.execute()
-        seq = int(seq or 0)
+        depth = self._ring_size if since_seq is not None else last_n
+        seq, current_epoch, ring = self._snapshot(topic, depth)
         with self._lock:
             self._fanout.set_floor(topic, subscriber, seq)
-        replay = [self._event(topic, entry) for entry in entries] if last_n else []
-        return Subscription(replay, seq)
+        if since_seq is not None:
+            same = epoch is None or epoch == current_epoch
+            replay, recovered = resume(ring, since_seq, seq, same)
+            return Subscription(replay, seq, current_epoch, recovered)
+        return Subscription(ring, seq, current_epoch)
+
+    @_unavailable
+    def history(
+        self, topic: str, since_seq: int = 0, limit: int = 100, epoch: str | None = None
+    ) -> History:
+        seq, current_epoch, ring = self._snapshot(topic, self._ring_size)
+        if not current_epoch:
+            raise TopicNotFound(topic)
+        same = epoch is None or epoch == current_epoch
+        events, complete = resume(ring, since_seq, seq, same)
+        return History(events[:limit], seq, current_epoch, complete)
+
+    def _snapshot(self, topic: str, depth: int) -> tuple[int, str, list[Event]]:
+        """Read a topic's seq, epoch and last `depth` ring events in one transaction."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.get(self._key("seq", topic))
+        pipe.hget(self._topics_key, topic)
+        pipe.lrange(self._key("ring", topic), -depth, -1)
+        seq, epoch, entries = pipe.execute()
+        ring = [self._event(topic, entry) for entry in entries] if depth else []
+        return int(seq or 0), (epoch or b"").decode(), ring
 
     @_unavailable
     def unsubscribe(self, topic: str, subscriber: Subscriber) -> None:
@@ -295,34 +344,34 @@ class RedisBroker(Broker):
     # Channel listener --------------------------------------------------------------------------
 
     def _listen_to(self, topic: str) -> None:
-        """Make sure this worker receives the topic's channel before anyone subscribes."""
+        """Make sure this worker receives the topic's channel before anyone subscribes.
+
+        Only the listener touches the pub/sub connection (redis-py's PubSub is not safe to
+        share): it is asked through a queue and woken by a message on its own channel.
+        """
         with self._lock:
             ready = self._listening.get(topic)
             if ready is None:
                 ready = self._listening[topic] = threading.Event()
-                subscribe = True
+                self._wanted.append(topic)
+                wake = True
             else:
-                subscribe = False
-        if subscribe:
-            try:
-                self._pubsub.subscribe(self._key("chan", topic))
-            except redis.RedisError:
-                with self._lock:
-                    self._listening.pop(topic, None)
-                raise
+                wake = False
+        if wake:
+            self._redis.publish(self._own_channel, b"wake")
         if not ready.wait(_SUBSCRIBE_WAIT):
             raise BrokerUnavailable("redis did not confirm the channel subscription in time")
 
     def _listen(self) -> None:
         """Receive every subscribed channel; reconnect with capped backoff, repairing gaps."""
         backoff = 0.1
-        own_channel = f"{self._p}:worker:{self._worker}"
         while not self._stopping.is_set():
             try:
                 if not self._pubsub.subscribed:
                     # A channel of its own keeps the subscription open, so the listener
                     # always has something to block on, and Redis may be down at start-up.
-                    self._pubsub.subscribe(own_channel)
+                    self._pubsub.subscribe(self._own_channel)
+                self._subscribe_wanted()
                 message = self._pubsub.get_message(timeout=1.0)
             except Exception as exc:
                 if self._stopping.is_set():
@@ -338,7 +387,7 @@ class RedisBroker(Broker):
                 continue
             channel = message["channel"].decode()
             if not channel.startswith(self._key("chan", "")):
-                continue
+                continue  # our own channel: a wake-up, handled by _subscribe_wanted
             topic = channel.removeprefix(self._key("chan", ""))
             try:
                 if message["type"] == "subscribe":
@@ -347,6 +396,18 @@ class RedisBroker(Broker):
                     self._on_message(topic, message["data"])
             except redis.RedisError as exc:
                 log.warning("redis_listener_failed topic=%s error=%s", topic, exc)
+
+    def _subscribe_wanted(self) -> None:
+        with self._lock:
+            wanted, self._wanted = self._wanted, []
+        if not wanted:
+            return
+        try:
+            self._pubsub.subscribe(*(self._key("chan", topic) for topic in wanted))
+        except Exception:
+            with self._lock:
+                self._wanted = wanted + self._wanted
+            raise
 
     def _on_subscribed(self, topic: str) -> None:
         """A channel (re)subscription is confirmed: start from its seq, or fill the gap."""

@@ -61,9 +61,11 @@ class Outbox:
         self._control_limit = max(1000, 10 * queue_size)
         self._write_timeout = write_timeout
         self._lock = threading.Lock()
-        self._frames: deque[tuple[str | None, bytes]] = deque()
+        # (topic, seq, frame) for events; (None, 0, frame) for control frames.
+        self._frames: deque[tuple[str | None, int, bytes]] = deque()
         self._events = 0
-        self._dropped: dict[str, int] = {}
+        # Per topic, events dropped since the last notice: [count, first seq, last seq].
+        self._dropped: dict[str, list[int]] = {}
         self._state = OPEN
         self._close_queued = False
         self._flush_scheduled = False
@@ -76,14 +78,14 @@ class Outbox:
         """Tell whether frames are still accepted."""
         return self._state is OPEN
 
-    def push_event(self, topic: str, frame: bytes) -> None:
+    def push_event(self, topic: str, seq: int, frame: bytes) -> None:
         """Queue an event frame, dropping the oldest queued event if the queue is full."""
         with self._lock:
             if self._state is not OPEN:
                 return
             if self._events >= self._queue_size:
                 self._drop_oldest_event()
-            self._frames.append((topic, frame))
+            self._frames.append((topic, seq, frame))
             self._events += 1
             flush = self._claim_flush()
         if flush:
@@ -99,7 +101,7 @@ class Outbox:
                 error = protocol.error(protocol.SLOW_CONSUMER, "too many unread replies")
                 self._queue_close(wsframes.text(error), 4008, "slow consumer")
             else:
-                self._frames.append((None, frame))
+                self._frames.append((None, 0, frame))
             flush = self._claim_flush()
         if flush:
             self._sender.soon(self._flush)
@@ -109,7 +111,7 @@ class Outbox:
         with self._lock:
             if self._close_queued or self._state is CLOSED:
                 return
-            self._frames.append((None, data))
+            self._frames.append((None, 0, data))
             flush = self._claim_flush()
         if flush:
             self._sender.soon(self._flush)
@@ -167,17 +169,22 @@ class Outbox:
 
     def _queue_close(self, notice: bytes | None, code: int, reason: str) -> None:
         if notice is not None:
-            self._frames.append((None, notice))
-        self._frames.append((None, wsframes.close(code, reason)))
+            self._frames.append((None, 0, notice))
+        self._frames.append((None, 0, wsframes.close(code, reason)))
         self._close_queued = True
         self._state = CLOSING
 
     def _drop_oldest_event(self) -> None:
-        for index, (topic, _) in enumerate(self._frames):
+        for index, (topic, seq, _) in enumerate(self._frames):
             if topic is not None:
                 del self._frames[index]
                 self._events -= 1
-                self._dropped[topic] = self._dropped.get(topic, 0) + 1
+                lost = self._dropped.get(topic)
+                if lost is None:
+                    self._dropped[topic] = [1, seq, seq]
+                else:
+                    lost[0] += 1
+                    lost[2] = seq
                 return
 
     def _take_batch(self) -> bytes:
@@ -186,17 +193,17 @@ class Outbox:
         size = 0
         frames = self._frames
         while frames and size < _BATCH_BYTES:
-            topic, frame = frames.popleft()
+            topic, _, frame = frames.popleft()
             if topic is not None:
                 self._events -= 1
-                lost = self._dropped.pop(topic, 0)
+                lost = self._dropped.pop(topic, None)
                 if lost:
-                    batch.append(wsframes.text(protocol.dropped(topic, lost)))
+                    batch.append(wsframes.text(protocol.dropped(topic, *lost)))
             batch.append(frame)
             size += len(frame)
         if not frames and self._dropped and not self._close_queued:
             for topic, lost in self._dropped.items():
-                batch.append(wsframes.text(protocol.dropped(topic, lost)))
+                batch.append(wsframes.text(protocol.dropped(topic, *lost)))
             self._dropped.clear()
         return batch[0] if len(batch) == 1 else b"".join(batch)
 
@@ -226,7 +233,7 @@ class Outbox:
                 return
             if sent < len(data):
                 # The unsent tail of a frame must go out whole: it is never dropped.
-                self._frames.appendleft((None, data[sent:]))
+                self._frames.appendleft((None, 0, data[sent:]))
             if self._frames:
                 self._writer = self._sender.start(self._write_backlog)
             else:

@@ -38,6 +38,8 @@ class Subscribe:
     last_n: int
     request_id: str | None
     client_id: str | None
+    since_seq: int | None = None
+    epoch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +102,7 @@ def _command(frame: dict, request_id: str | None) -> Command:
     if kind == "unsubscribe":
         return Unsubscribe(topic, request_id)
     if kind == "subscribe":
-        last_n = frame.get("last_n", 0)
-        if last_n is None:
-            last_n = 0
-        if type(last_n) is not int or last_n < 0:
-            raise ProtocolError(BAD_REQUEST, "last_n must be a non-negative integer")
-        return Subscribe(topic, last_n, request_id, frame.get("client_id"))
+        return _subscribe(frame, topic, request_id)
     message = frame.get("message")
     if not isinstance(message, dict):
         raise ProtocolError(BAD_REQUEST, "message must be an object with id and payload")
@@ -115,6 +112,20 @@ def _command(frame: dict, request_id: str | None) -> Command:
     if "payload" not in message:
         raise ProtocolError(BAD_REQUEST, "message.payload is required (null is allowed)")
     return Publish(topic, message_id, message["payload"], request_id)
+
+
+def _subscribe(frame: dict, topic: str, request_id: str | None) -> Subscribe:
+    last_n = frame.get("last_n")
+    since_seq = frame.get("since_seq")
+    epoch = frame.get("epoch")
+    if last_n is not None and since_seq is not None:
+        raise ProtocolError(BAD_REQUEST, "send last_n or since_seq, not both")
+    for name, value in (("last_n", last_n), ("since_seq", since_seq)):
+        if value is not None and (type(value) is not int or value < 0):
+            raise ProtocolError(BAD_REQUEST, f"{name} must be a non-negative integer")
+    if epoch is not None and not isinstance(epoch, str):
+        raise ProtocolError(BAD_REQUEST, "epoch must be a string")
+    return Subscribe(topic, last_n or 0, request_id, frame.get("client_id"), since_seq, epoch)
 
 
 def iso(timestamp: float) -> str:
@@ -134,13 +145,17 @@ def _with_request_id(body: dict, request_id: str | None) -> dict:
     return body
 
 
-def ack(topic: str, request_id: str | None, seq: int | None = None) -> bytes:
-    """Encode an `ack`; a publish ack carries the seq the message was given."""
+def ack(topic: str, request_id: str | None, seq: int | None = None, **extra: Any) -> bytes:
+    """Encode an `ack`; a publish ack carries the message's seq, a subscribe ack the topic's.
+
+    `extra` adds fields (a subscribe ack's `epoch`, and `recovered` for a resume).
+    """
     body = _with_request_id({"type": "ack"}, request_id)
     body["topic"] = topic
     body["status"] = "ok"
     if seq is not None:
         body["seq"] = seq
+    body.update(extra)
     return _frame(body)
 
 
@@ -156,16 +171,20 @@ def pong(request_id: str | None) -> bytes:
     return _frame(_with_request_id({"type": "pong"}, request_id))
 
 
-def event(item: Event) -> bytes:
-    """Encode an `event` frame for one published message."""
-    message = {
+def message(item: Event) -> dict:
+    """Return a published message's shape: an event's `message`, an HTTP history item."""
+    return {
         "id": item.id,
         "payload": item.payload,
         "topic": item.topic,
         "timestamp": iso(item.timestamp),
         "seq": item.seq,
     }
-    return _frame({"type": "event", "topic": item.topic, "message": message})
+
+
+def event(item: Event) -> bytes:
+    """Encode an `event` frame for one published message."""
+    return _frame({"type": "event", "topic": item.topic, "message": message(item)})
 
 
 def heartbeat() -> bytes:
@@ -178,9 +197,21 @@ def topic_deleted(topic: str) -> bytes:
     return _frame({"type": "info", "topic": topic, "msg": "topic_deleted"})
 
 
-def dropped(topic: str, count: int) -> bytes:
-    """Encode the `info`/`dropped` notice for `count` events lost on `topic`."""
-    return _frame({"type": "info", "msg": "dropped", "topic": topic, "count": count})
+def dropped(topic: str, count: int, from_seq: int, to_seq: int) -> bytes:
+    """Encode the `info`/`dropped` notice: `count` events of `topic`, seqs from..to, lost.
+
+    A client can resume over the range with `since_seq = from_seq - 1`.
+    """
+    return _frame(
+        {
+            "type": "info",
+            "msg": "dropped",
+            "topic": topic,
+            "count": count,
+            "from_seq": from_seq,
+            "to_seq": to_seq,
+        }
+    )
 
 
 def shutdown() -> bytes:

@@ -42,7 +42,7 @@ class Session:
                 if held is not None:
                     held.append(event)
                     return
-        self.outbox.push_event(event.topic, event.wire)
+        self.outbox.push_event(event.topic, event.seq, event.wire)
 
     def topic_deleted(self, topic: str) -> None:
         """Tell the client that a topic it subscribed to is gone."""
@@ -99,7 +99,9 @@ class Session:
         with self._lock:
             self._held[topic] = []
         try:
-            subscription = self._broker.subscribe(topic, self, command.last_n)
+            subscription = self._broker.subscribe(
+                topic, self, command.last_n, command.since_seq, command.epoch
+            )
         except BaseException as exc:
             with self._lock:
                 del self._held[topic]
@@ -108,13 +110,16 @@ class Session:
             raise
         with self._lock:
             held = self._held[topic]
-            self._reply(protocol.ack(topic, command.request_id))
+            extra = {"epoch": subscription.epoch}
+            if command.since_seq is not None:
+                extra["recovered"] = subscription.recovered
+            self._reply(protocol.ack(topic, command.request_id, subscription.seq, **extra))
             for event in subscription.replay:
                 # Replayed events keep their timestamp and seq; `ts` is the time of sending.
-                self.outbox.push_event(topic, wsframes.text(protocol.event(event)))
+                self.outbox.push_event(topic, event.seq, wsframes.text(protocol.event(event)))
             for event in held:
                 if event.seq > subscription.seq:
-                    self.outbox.push_event(topic, event.wire)
+                    self.outbox.push_event(topic, event.seq, event.wire)
             # Removed last: `deliver` reads `_held` without the lock when it looks empty.
             del self._held[topic]
         log.debug(

@@ -230,3 +230,78 @@ def test_message_count_is_not_capped_by_the_ring(make_broker):
     for i in range(7):
         broker.publish("t", str(i), None)
     assert broker.topics()[0].messages == 7
+
+
+def test_resume_since_seq_recovers_exactly_what_was_missed(make_broker):
+    broker = make_broker(ring_size=20)
+    broker.create_topic("t")
+    first = broker.subscribe("t", Recorder())
+    for i in range(15):
+        broker.publish("t", str(i), i)
+    s = Recorder()
+    resumed = broker.subscribe("t", s, since_seq=5, epoch=first.epoch)
+    assert resumed.recovered is True
+    assert [e.seq for e in resumed.replay] == list(range(6, 16))
+    assert (resumed.seq, resumed.epoch) == (15, first.epoch)
+    caught_up = broker.subscribe("t", Recorder(), since_seq=15, epoch=first.epoch)
+    assert (caught_up.replay, caught_up.recovered) == ([], True)
+
+
+def test_resume_beyond_the_ring_is_not_recovered(make_broker):
+    broker = make_broker(ring_size=5)
+    broker.create_topic("t")
+    epoch = broker.subscribe("t", Recorder()).epoch
+    for i in range(12):
+        broker.publish("t", str(i), i)
+    resumed = broker.subscribe("t", Recorder(), since_seq=2, epoch=epoch)
+    assert resumed.recovered is False
+    assert [e.seq for e in resumed.replay] == [8, 9, 10, 11, 12]
+
+
+def test_a_recreated_topic_is_a_new_epoch(make_broker):
+    broker = make_broker(ring_size=10)
+    broker.create_topic("t")
+    old = broker.subscribe("t", Recorder()).epoch
+    for i in range(3):
+        broker.publish("t", str(i), i)
+    broker.delete_topic("t")
+    broker.create_topic("t")
+    broker.publish("t", "new", None)
+    resumed = broker.subscribe("t", Recorder(), since_seq=3, epoch=old)
+    assert resumed.epoch != old
+    assert resumed.recovered is False
+    assert [e.seq for e in resumed.replay] == [1]
+
+
+def test_history_since_seq_with_limit(make_broker):
+    broker = make_broker(ring_size=10)
+    broker.create_topic("t")
+    for i in range(14):
+        broker.publish("t", f"m{i}", {"i": i})
+    page = broker.history("t", since_seq=6, limit=3)
+    assert [e.seq for e in page.events] == [7, 8, 9]
+    assert [e.payload for e in page.events] == [{"i": 6}, {"i": 7}, {"i": 8}]
+    assert (page.seq, page.complete) == (14, True)
+    assert broker.history("t", since_seq=0).complete is False  # seqs 1-4 left the ring
+    assert [e.seq for e in broker.history("t").events] == list(range(5, 15))
+    with pytest.raises(TopicNotFound):
+        broker.history("nope")
+
+
+def test_idempotent_publish_delivers_once_and_returns_the_first_result(make_broker):
+    broker = make_broker()
+    broker.create_topic("t")
+    s = Recorder()
+    broker.subscribe("t", s)
+    first = broker.publish("t", "m1", {"v": 1}, idempotency_key="k1")
+    again = broker.publish("t", "m1-retry", {"v": 2}, idempotency_key="k1")
+    other = broker.publish("t", "m2", {"v": 3}, idempotency_key="k2")
+    assert (again.seq, again.id, again.payload) == (first.seq, "m1", {"v": 1})
+    assert other.seq == first.seq + 1
+    s.wait(lambda r: len(r.events) == 2)
+    time.sleep(0.1)
+    assert s.seqs() == [1, 2]
+    broker.delete_topic("t")
+    broker.create_topic("t")
+    fresh = broker.publish("t", "m3", None, idempotency_key="k1")  # a new stream: new key space
+    assert (fresh.seq, fresh.id) == (1, "m3")

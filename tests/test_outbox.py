@@ -51,7 +51,7 @@ def test_frames_arrive_whole_and_in_push_order(pair):
     outbox = Outbox(server, "c1", queue_size=100, write_timeout=5)
     outbox.push(control(0))
     for seq in range(1, 51):
-        outbox.push_event("t", event_frame("t", seq, size=300))
+        outbox.push_event("t", seq, event_frame("t", seq, size=300))
     outbox.push(control(1))
     reader = WireReader(client)
     reader.read_until(lambda frames: len(frames) == 52)
@@ -64,17 +64,25 @@ def test_frames_arrive_whole_and_in_push_order(pair):
 def test_full_queue_drops_oldest_events_and_says_so(pair):
     server, client = pair
     outbox = Outbox(server, "c1", queue_size=3, write_timeout=10)
-    outbox.push_event("t", event_frame("t", 1, size=STUCK))  # the writer blocks on this one
+    outbox.push_event("t", 1, event_frame("t", 1, size=STUCK))  # the writer blocks on this one
     wait_for(lambda: outbox.pending() == 0)
     for seq in range(2, 12):
-        outbox.push_event("t", event_frame("t", seq))
+        outbox.push_event("t", seq, event_frame("t", seq))
     outbox.push(control(99))  # control frames are never dropped
     assert outbox.pending() == 4
     reader = WireReader(client)
     reader.read_until(lambda frames: len(frames) == 6)
     bodies = reader.texts()
     assert bodies[0]["message"]["seq"] == 1
-    assert bodies[1] == {**bodies[1], "type": "info", "msg": "dropped", "topic": "t", "count": 7}
+    assert bodies[1] == {
+        **bodies[1],
+        "type": "info",
+        "msg": "dropped",
+        "topic": "t",
+        "count": 7,
+        "from_seq": 2,
+        "to_seq": 8,
+    }
     assert [b["message"]["seq"] for b in bodies[2:5]] == [9, 10, 11]
     assert bodies[5]["request_id"] == "99"
     outbox.finish(2)
@@ -83,25 +91,26 @@ def test_full_queue_drops_oldest_events_and_says_so(pair):
 def test_drop_counts_are_per_topic_and_flushed_when_the_queue_drains(pair):
     server, client = pair
     outbox = Outbox(server, "c1", queue_size=2, write_timeout=10)
-    outbox.push_event("a", event_frame("a", 1, size=STUCK))
+    outbox.push_event("a", 1, event_frame("a", 1, size=STUCK))
     wait_for(lambda: outbox.pending() == 0)
-    outbox.push_event("b", event_frame("b", 1))
-    outbox.push_event("a", event_frame("a", 2))
-    outbox.push_event("a", event_frame("a", 3))  # drops b:1
+    outbox.push_event("b", 1, event_frame("b", 1))
+    outbox.push_event("a", 2, event_frame("a", 2))
+    outbox.push_event("a", 3, event_frame("a", 3))  # drops b:1
     reader = WireReader(client)
     reader.read_until(lambda frames: len(frames) == 4)
     bodies = reader.texts()
     assert [b.get("msg") or b["message"]["seq"] for b in bodies] == [1, 2, 3, "dropped"]
     assert (bodies[3]["topic"], bodies[3]["count"]) == ("b", 1)
+    assert (bodies[3]["from_seq"], bodies[3]["to_seq"]) == (1, 1)
     outbox.finish(2)
 
 
 def test_close_sends_notice_then_close_frame_and_refuses_more(pair):
     server, client = pair
     outbox = Outbox(server, "c1", queue_size=10, write_timeout=5)
-    outbox.push_event("t", event_frame("t", 1))
+    outbox.push_event("t", 1, event_frame("t", 1))
     outbox.close(1001, "server shutdown", wsframes.text(b'{"type":"info","msg":"shutdown"}'))
-    outbox.push_event("t", event_frame("t", 2))
+    outbox.push_event("t", 2, event_frame("t", 2))
     outbox.push(control(1))
     reader = WireReader(client)
     reader.read_until(lambda frames: reader.close_code() is not None)
@@ -117,11 +126,11 @@ def test_slow_consumer_is_cut_and_publishers_never_wait(pair):
     server, client = pair
     outbox = Outbox(server, "c1", queue_size=5, write_timeout=1)
     for seq in (1, 2):
-        outbox.push_event("t", event_frame("t", seq))
-    outbox.push_event("t", event_frame("t", 3, size=STUCK))
+        outbox.push_event("t", seq, event_frame("t", seq))
+    outbox.push_event("t", 3, event_frame("t", 3, size=STUCK))
     wait_for(lambda: outbox.pending() == 0)
     for seq in range(4, 2000):
-        outbox.push_event("t", event_frame("t", seq, size=100))
+        outbox.push_event("t", seq, event_frame("t", seq, size=100))
     # Two thousand events for a stuck socket neither blocked the caller nor grew the queue.
     assert outbox.pending() <= 5
     wait_for(lambda: not outbox.is_open, timeout=5)
@@ -139,7 +148,7 @@ def test_slow_consumer_is_cut_and_publishers_never_wait(pair):
 def test_library_frames_share_the_single_writer(pair):
     server, client = pair
     outbox = Outbox(server, "c1", queue_size=10, write_timeout=5)
-    outbox.push_event("t", event_frame("t", 1))
+    outbox.push_event("t", 1, event_frame("t", 1))
     outbox.push_raw(b"\x8a\x00")  # an unmasked pong from the WebSocket library
     outbox.push(control(1))
     reader = WireReader(client)
@@ -152,7 +161,7 @@ def test_finish_flushes_what_is_queued(pair):
     server, client = pair
     outbox = Outbox(server, "c1", queue_size=1000, write_timeout=5)
     for seq in range(1, 301):
-        outbox.push_event("t", event_frame("t", seq, size=1000))
+        outbox.push_event("t", seq, event_frame("t", seq, size=1000))
     finisher = threading.Thread(target=outbox.finish, args=(5,))
     finisher.start()
     reader = WireReader(client)

@@ -28,6 +28,12 @@ def test_decodes_every_command():
     assert publish == protocol.Publish("t", "m", [1], None)
 
 
+def test_subscribe_resume_fields():
+    command = decode({"type": "subscribe", "topic": "t", "since_seq": 0, "epoch": "e1"})
+    assert (command.since_seq, command.epoch, command.last_n) == (0, "e1", 0)
+    assert decode({"type": "subscribe", "topic": "t", "last_n": 2}).since_seq is None
+
+
 def test_unknown_fields_are_ignored():
     assert decode({"type": "ping", "extra": {"x": 1}}) == protocol.Ping(None)
 
@@ -56,6 +62,10 @@ def test_unknown_fields_are_ignored():
         {"type": "publish", "topic": "t", "message": {"id": "", "payload": 1}},
         {"type": "publish", "topic": "t", "message": {"id": 3, "payload": 1}},
         {"type": "ping", "request_id": 12},
+        {"type": "subscribe", "topic": "t", "since_seq": -1},
+        {"type": "subscribe", "topic": "t", "since_seq": "4"},
+        {"type": "subscribe", "topic": "t", "since_seq": 3, "last_n": 2},
+        {"type": "subscribe", "topic": "t", "since_seq": 3, "epoch": 7},
     ],
 )
 def test_bad_frames_are_bad_requests(frame):
@@ -98,8 +108,9 @@ def test_reply_frames_carry_ts_and_request_id():
     assert error["error"] == {"code": "TOPIC_NOT_FOUND", "message": "gone"}
     assert error["request_id"] == "r2"
     assert "request_id" not in json.loads(protocol.pong(None))
-    dropped = json.loads(protocol.dropped("t", 4))
+    dropped = json.loads(protocol.dropped("t", 4, 10, 13))
     assert (dropped["msg"], dropped["topic"], dropped["count"]) == ("dropped", "t", 4)
+    assert (dropped["from_seq"], dropped["to_seq"]) == (10, 13)
     for frame in (protocol.heartbeat(), protocol.shutdown(), protocol.topic_deleted("t")):
         assert ISO.fullmatch(json.loads(frame)["ts"])
 
