@@ -107,3 +107,19 @@ def test_workers_share_topics_counts_and_one_order(make_broker):
     a.wait(lambda r: r.deleted == ["t"])
     b.wait(lambda r: r.deleted == ["t"])
     assert one.subscriber_count() == 0
+
+
+def test_a_dead_worker_stops_being_counted(server, make_broker):
+    broker = make_broker()
+    broker.create_topic("t")
+    broker.subscribe("t", Recorder())
+    admin = redis.Redis.from_url(server.url)
+    # A worker that vanished without a goodbye: its counts stay, its heartbeat ages.
+    admin.hset("gw:subs:dead", mapping={"t": 7})
+    admin.zadd("gw:workers", {"dead": time.time() - 60})
+    assert broker.subscriber_count() == 1
+    assert [(t.name, t.subscribers) for t in broker.topics()] == [("t", 1)]
+    # The same counts with a fresh heartbeat are a live worker's, and are summed.
+    admin.zadd("gw:workers", {"dead": time.time()})
+    assert broker.subscriber_count() == 8
+    admin.close()
