@@ -17,7 +17,8 @@ bp = Blueprint("topics", __name__)
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-def _valid_name(name: object) -> str:
+def valid_topic_name(name: object) -> str:
+    """Return `name` if it is a valid topic name (SPEC §3), else raise a 400."""
     if not isinstance(name, str) or not _TOPIC_NAME.fullmatch(name):
         raise ApiError(400, "topic name must be 1-128 characters of ASCII letters, digits and ._:-")
     return name
@@ -50,7 +51,7 @@ def stats():
 @jwt_required()
 def create_topic():
     """Create a topic."""
-    name = _valid_name(json_body().get("name"))
+    name = valid_topic_name(json_body().get("name"))
     try:
         get_broker().create_topic(name)
     except TopicExists:
@@ -70,7 +71,7 @@ def list_topics():
 @jwt_required()
 def delete_topic(name: str):
     """Delete a topic; its subscribers are told and stay connected."""
-    _valid_name(name)
+    valid_topic_name(name)
     try:
         get_broker().delete_topic(name)
     except TopicNotFound:

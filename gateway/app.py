@@ -69,10 +69,11 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     # gives its open WebSockets the same goodbye that SIGTERM gives them under gunicorn.
     atexit.register(_drain_at_exit, weakref.ref(state.hub))
 
-    from blueprints import topics, users, ws
+    from blueprints import messages, topics, users, ws
 
     app.register_blueprint(users.bp)
     app.register_blueprint(topics.bp)
+    app.register_blueprint(messages.bp)
     app.register_blueprint(ws.bp)
     return app
 

@@ -1,4 +1,4 @@
-"""The live WebSocket sessions of one app: heartbeats for all, and a graceful shutdown."""
+"""The live WebSocket sessions and SSE streams of one app: heartbeats, graceful shutdown."""
 
 from __future__ import annotations
 
@@ -8,18 +8,24 @@ import time
 
 from gateway import protocol, wsframes
 from gateway.session import Session
+from gateway.sse import SseStream
 
 log = logging.getLogger("gateway.ws")
 
 
 class Hub:
-    """Registry of open sessions; sends `info`/`ping` heartbeats and drains on shutdown."""
+    """Registry of open sessions and SSE streams; sends session heartbeats, drains on shutdown.
+
+    SSE streams beat by themselves (their generator waits with the interval as timeout);
+    the hub only needs them to end them on shutdown.
+    """
 
     def __init__(self, heartbeat_interval: int, shutdown_grace: float) -> None:
         self._heartbeat_interval = heartbeat_interval
         self._shutdown_grace = shutdown_grace
         self._lock = threading.Lock()
         self._sessions: set[Session] = set()
+        self._streams: set[SseStream] = set()
         self._stopping = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self.shutting_down = False
@@ -37,9 +43,22 @@ class Hub:
         with self._lock:
             self._sessions.discard(session)
 
+    def add_stream(self, stream: SseStream) -> None:
+        """Register an open SSE stream; one opened during shutdown is ended at once."""
+        with self._lock:
+            if not self.shutting_down:
+                self._streams.add(stream)
+                return
+        stream.shutdown()
+
+    def remove_stream(self, stream: SseStream) -> None:
+        """Forget an SSE stream that has ended."""
+        with self._lock:
+            self._streams.discard(stream)
+
     def count(self) -> int:
-        """Return the number of open sessions."""
-        return len(self._sessions)
+        """Return the number of open sessions and SSE streams."""
+        return len(self._sessions) + len(self._streams)
 
     def _snapshot(self) -> list[Session]:
         with self._lock:
@@ -64,21 +83,34 @@ class Hub:
                     session.outbox.push(frame)
 
     def shutdown(self) -> None:
-        """Flush and close every session (SPEC §5.9); returns when all are gone or grace ends."""
+        """Flush and end every session and stream (SPEC §5.9); return when all are gone or grace ends."""
         if self.shutting_down:
             return
         self.shutting_down = True
         self._stopping.set()
-        sessions = self._snapshot()
-        log.info("shutdown_begin sessions=%d grace=%ss", len(sessions), self._shutdown_grace)
+        with self._lock:
+            sessions = list(self._sessions)
+            streams = list(self._streams)
+        log.info(
+            "shutdown_begin sessions=%d streams=%d grace=%ss",
+            len(sessions),
+            len(streams),
+            self._shutdown_grace,
+        )
         notice = wsframes.text(protocol.shutdown())
         for session in sessions:
             # Queued events go out first: the notice and the close frame join the queue's tail.
             session.outbox.close(1001, "server shutdown", notice)
+        for stream in streams:
+            stream.shutdown()  # likewise: queued events, then `event: shutdown`
         deadline = time.monotonic() + self._shutdown_grace
         while self.count() and time.monotonic() < deadline:
             time.sleep(0.05)
         left = self._snapshot()
         for session in left:
             session.outbox.abort()
-        log.info("shutdown_done unflushed=%d", len(left))
+        with self._lock:
+            left_streams = list(self._streams)
+        for stream in left_streams:
+            stream.abort()
+        log.info("shutdown_done unflushed=%d", len(left) + len(left_streams))
