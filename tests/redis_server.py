@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-import pytest
+from services import unavailable
 
 
 def _free_port() -> int:
@@ -22,10 +21,7 @@ def redis_binary() -> str:
     """Return the redis-server path, or skip (fail under CI) with the reason."""
     path = shutil.which("redis-server")
     if path is None:
-        reason = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable("redis-server is not installed (apt-get install redis-server)")
     return path
 
 

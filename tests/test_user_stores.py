@@ -8,16 +8,16 @@ why, except under CI (CI=true), where they fail: CI never passes without them.
 
 from __future__ import annotations
 
-import os
 import selectors
 import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from services import postgres_database
 
 from gateway.config import POSTGRES_SCHEMES, ConfigError, load_settings
 from gateway.offload import CpuPool
@@ -26,71 +26,14 @@ from gateway.users import User, UsernameTaken, UserStore
 from gateway.users_sqlite import SqliteUserStore
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCAL_SERVERS = (
-    "postgresql://postgres@127.0.0.1:5432/postgres",
-    "postgresql://root@127.0.0.1:5432/postgres",
-)
 PASSWORD = "correct horse battery"
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def _unavailable(reason: str):
-    if _in_ci():
-        pytest.fail(f"{reason}; CI is set, so this fails instead of skipping")
-    pytest.skip(reason)
-
-
-def _require_psycopg():
-    try:
-        import psycopg
-    except ImportError:
-        _unavailable("psycopg is not installed (pip install -r requirements.txt)")
-    return psycopg
-
-
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
-
-
 @pytest.fixture(scope="session")
-def postgres_admin_url() -> str:
-    """A URL of a reachable PostgreSQL server, or a skip (a failure under CI) saying why."""
-    psycopg = _require_psycopg()
-    configured = os.environ.get("TEST_POSTGRES_URL", "").strip()
-    failures = []
-    for url in [configured] if configured else LOCAL_SERVERS:
-        try:
-            with psycopg.connect(url, connect_timeout=5):
-                return url
-        except psycopg.Error as exc:
-            failures.append(f"{_redacted(url)}: {str(exc).strip()}")
-    _unavailable(
-        "no PostgreSQL server reachable (set TEST_POSTGRES_URL to use another one): "
-        + "; ".join(failures)
-    )
-
-
-@pytest.fixture(scope="session")
-def postgres_url(postgres_admin_url) -> str:
+def postgres_url() -> Iterator[str]:
     """A postgresql:// URL of a database created for this test session, dropped after it."""
-    import psycopg
-    from psycopg import sql
-
-    name = f"gateway_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield urlunsplit(urlsplit(postgres_admin_url)._replace(path=f"/{name}"))
-    finally:
-        with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
-            drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-            admin.execute(drop.format(sql.Identifier(name)))
+    with postgres_database() as url:
+        yield url
 
 
 def _drop_users_table(url: str) -> None:
@@ -399,7 +342,6 @@ PostgresUserStore("postgresql://127.0.0.1:1/never-reached")
 
 
 def test_psycopg_imported_before_gevent_patching_is_refused():
-    _require_psycopg()
     result = subprocess.run(
         [sys.executable, "-c", _IMPORT_TOO_EARLY],
         cwd=ROOT,

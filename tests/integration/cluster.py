@@ -8,83 +8,18 @@ server (or without redis-server) the tests skip saying why, except under CI, whe
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
-
-import pytest
 
 # tests/ holds redis_server.py; make it importable whatever pytest's import mode is.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import Server, http  # noqa: E402
 from redis_server import RedisServer  # noqa: E402
-
-LOCAL_POSTGRES = (
-    "postgresql://postgres@127.0.0.1:5432/postgres",
-    "postgresql://root@127.0.0.1:5432/postgres",
-)
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def unavailable(reason: str):
-    """Skip with the reason, or fail under CI (CI never passes without the services)."""
-    if in_ci():
-        pytest.fail(f"{reason}; CI is set, so this fails instead of skipping")
-    pytest.skip(reason)
-
-
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
-
-
-def postgres_admin_url() -> str:
-    """A URL of a reachable PostgreSQL server that may create databases, or skip/fail."""
-    try:
-        import psycopg
-    except ImportError:
-        unavailable("psycopg is not installed (pip install -r requirements.txt)")
-    configured = os.environ.get("TEST_POSTGRES_URL", "").strip()
-    failures = []
-    for url in [configured] if configured else LOCAL_POSTGRES:
-        try:
-            with psycopg.connect(url, connect_timeout=5):
-                return url
-        except psycopg.Error as exc:
-            failures.append(f"{_redacted(url)}: {str(exc).strip()}")
-    unavailable(
-        "no PostgreSQL server reachable (set TEST_POSTGRES_URL to use another one): "
-        + "; ".join(failures)
-    )
-
-
-@contextlib.contextmanager
-def postgres_database() -> Iterator[str]:
-    """Yield the URL of a new, uniquely named database; drop it (even if in use) afterwards."""
-    admin_url = postgres_admin_url()
-    import psycopg
-    from psycopg import sql
-
-    name = f"gateway_scaleout_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
-    finally:
-        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
-            drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-            admin.execute(drop.format(sql.Identifier(name)))
+from services import postgres_database, unavailable  # noqa: E402,F401
 
 
 def wait_healthy(servers: list[Server], timeout: float = 30.0) -> None:
