@@ -31,9 +31,15 @@ class Hub:
         self.shutting_down = False
 
     def add(self, session: Session) -> None:
-        """Register an open session (the first one starts the heartbeat)."""
+        """Register an open session (the first one starts the heartbeat).
+
+        One that was accepted just as shutdown began is said goodbye to at once.
+        """
         with self._lock:
             self._sessions.add(session)
+            if self.shutting_down:
+                session.outbox.close(1001, "server shutdown", wsframes.text(protocol.shutdown()))
+                return
             if self._heartbeat is None and self._heartbeat_interval > 0:
                 self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
                 self._heartbeat.start()
