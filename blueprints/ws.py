@@ -58,7 +58,9 @@ def websocket(ws):
     log.info("ws_connect conn=%s user=%s peer=%s", conn_id, g.user_id, request.remote_addr)
     code = None
     try:
-        code = read_frames(g.wire.sock, ws.ws, outbox, session.handle, settings.max_message_bytes)
+        code = read_frames(
+            g.wire.sock, _take_protocol(ws), outbox, session.handle, settings.max_message_bytes
+        )
     except Exception:
         log.exception("ws_error conn=%s", conn_id)
     finally:
@@ -71,3 +73,14 @@ def websocket(ws):
             code,
             time.monotonic() - started,
         )
+
+
+def _take_protocol(ws):
+    """Return the open wsproto connection, letting go of the finished handshake's state.
+
+    After the upgrade wsproto's WSConnection only forwards to `.connection`; its h11-based
+    handshake object (parser, buffers, request) would otherwise live as long as the socket.
+    """
+    wsconn = ws.ws
+    wsconn.handshake = None
+    return wsconn.connection

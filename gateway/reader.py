@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from wsproto import WSConnection
+from wsproto.connection import Connection
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from wsproto.utilities import LocalProtocolError
 
@@ -39,7 +39,7 @@ class NoReaderThread:
 
 def read_frames(
     sock,
-    protocol: WSConnection,
+    protocol: Connection,
     outbox: Outbox,
     handle: Callable[[str | bytes], None],
     limit: int,
@@ -90,7 +90,7 @@ def read_frames(
         time.sleep(0)
 
 
-def _reply(protocol: WSConnection, outbox: Outbox, event) -> None:
+def _reply(protocol: Connection, outbox: Outbox, event) -> None:
     # A close reply after our own close is refused by wsproto: nothing more to say then.
     with contextlib.suppress(LocalProtocolError):
         outbox.push_raw(protocol.send(event))
