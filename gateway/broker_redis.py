@@ -426,10 +426,11 @@ class RedisBroker(Broker):
 
     def _on_message(self, topic: str, data: bytes) -> None:
         if data == _DELETED:
+            # Counts first: once a subscriber hears of the deletion, /health agrees.
+            self._redis.hdel(self._key("subs", self._worker), topic)
             with self._lock:
                 self._fanout.drop_topic(topic)
                 self._last_seq[topic] = 0
-            self._redis.hdel(self._key("subs", self._worker), topic)
             return
         seq = int(data.split(b":", 1)[0])
         with self._lock:
