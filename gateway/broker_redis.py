@@ -145,6 +145,8 @@ class RedisBroker(Broker):
         # Topics whose channel this worker listens to: set once Redis confirmed it.
         self._listening: dict[str, threading.Event] = {}
         self._last_seq: dict[str, int] = {}
+        # Set when an increment of this worker's counts in Redis may have been lost.
+        self._counts_stale = True
         self._stopping = threading.Event()
         self._pubsub = self._redis.pubsub()
         self._own_channel = f"{prefix}:worker:{self._worker}"
@@ -303,10 +305,11 @@ class RedisBroker(Broker):
     # Subscriber counts across workers ----------------------------------------------------------
 
     def _count(self, topic: str, delta: int) -> None:
-        # Best effort: the heartbeat rewrites this worker's counts every few seconds anyway.
+        # If this fails, the next heartbeat rewrites the whole map from the local truth.
         try:
             self._redis.hincrby(self._key("subs", self._worker), topic, delta)
         except redis.RedisError as exc:
+            self._counts_stale = True
             log.warning("redis_count_failed topic=%s error=%s", topic, exc)
 
     def _cluster_counts(self) -> dict[str, int]:
@@ -322,22 +325,30 @@ class RedisBroker(Broker):
         return {topic: count for topic, count in totals.items() if count > 0}
 
     def _heartbeat(self) -> None:
-        """Say this worker is alive, with its true local counts; forget dead workers."""
+        """Say this worker is alive and keep its counts from expiring; forget dead workers.
+
+        Counts move by HINCRBY as subscribers come and go; the whole map is rewritten from
+        the local truth only after an increment failed (Redis was away), since a rewrite
+        racing a concurrent increment could count one subscriber twice for a beat.
+        """
+        key = self._key("subs", self._worker)
         while not self._stopping.is_set():
-            with self._lock:
-                counts = self._fanout.counts()
-            key = self._key("subs", self._worker)
             now = time.time()
             try:
                 pipe = self._redis.pipeline(transaction=True)
-                pipe.delete(key)
-                if counts:
-                    pipe.hset(key, mapping=counts)
-                    pipe.expire(key, int(WORKER_TTL * 2))
+                if self._counts_stale:
+                    self._counts_stale = False
+                    with self._lock:
+                        counts = self._fanout.counts()
+                    pipe.delete(key)
+                    if counts:
+                        pipe.hset(key, mapping=counts)
+                pipe.expire(key, int(WORKER_TTL * 2))
                 pipe.zadd(self._workers_key, {self._worker: now})
                 pipe.zremrangebyscore(self._workers_key, "-inf", now - WORKER_TTL)
                 pipe.execute()
             except redis.RedisError as exc:
+                self._counts_stale = True
                 log.warning("redis_heartbeat_failed error=%s", exc)
             self._stopping.wait(_HEARTBEAT_SECONDS)
 
@@ -379,6 +390,7 @@ class RedisBroker(Broker):
                 if not isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
                     log.exception("redis_listener_error")
                 log.warning("redis_listener_disconnected error=%s retry_in=%.1fs", exc, backoff)
+                self._counts_stale = True  # a restarted Redis may have lost them
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
