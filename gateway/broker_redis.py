@@ -465,6 +465,9 @@ class RedisBroker(Broker):
             self._dispatch(event)
 
     def _dispatch(self, event: Event) -> None:
+        # Framed here, once per event per worker: replays, history pages and a publisher's
+        # own return value are read back from storage but never sent as these bytes.
+        event.wire = self._encode(event)
         with self._lock:
             if event.seq <= self._last_seq.get(event.topic, 0):
                 return
@@ -474,6 +477,4 @@ class RedisBroker(Broker):
     def _event(self, topic: str, entry: bytes) -> Event:
         seq, body = entry.split(b":", 1)
         message_id, payload, timestamp = self._unpack(body)
-        event = Event(topic, message_id, payload, int(seq), timestamp)
-        event.wire = self._encode(event)
-        return event
+        return Event(topic, message_id, payload, int(seq), timestamp)

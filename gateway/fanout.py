@@ -81,10 +81,6 @@ class Fanout:
         """Return local subscriber counts of every topic that has any."""
         return {topic: len(subscribers) for topic, subscribers in self._topics.items()}
 
-    def topics(self) -> list[str]:
-        """Return the topics with at least one local subscriber."""
-        return list(self._topics)
-
     def _forget(self, subscriber: Subscriber, topic: str) -> None:
         topics = self._by_subscriber.get(subscriber)
         if topics is not None:
