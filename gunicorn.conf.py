@@ -39,7 +39,9 @@ except ValueError:
 
 bind = f"0.0.0.0:{_port}"
 worker_class = "gevent"
-# Concurrent connections per worker; gevent's default of 1000 makes the 1001st hang.
+# Connections per worker (gevent's default of 1000 makes the 1001st hang): the cap on open
+# WebSockets and SSE streams (the app answers 503 past it) and, separately, on HTTP
+# requests in progress (gunicorn's pool; an upgraded WebSocket is no longer one of them).
 worker_connections = 20000
 # gunicorn waits this long for open WebSockets after SIGTERM; the app drains within
 # SHUTDOWN_GRACE_SECONDS and needs a moment more to close sockets and exit.
@@ -101,12 +103,21 @@ def post_worker_init(worker):
     from gateway.state import EXTENSION
 
     hub = worker.wsgi.extensions[EXTENSION].hub
+    # Upgraded WebSockets leave gunicorn's pool, so the hub enforces worker_connections.
+    hub.capacity = worker.worker_connections
     stop_worker = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum, frame):
-        # Runs in the signal context: start the drain in its own greenlet, then let
-        # gunicorn stop accepting and wait (up to graceful_timeout) for handlers to end.
-        gevent.spawn(hub.shutdown)
+        # Runs in the signal context: start the drain in its own greenlet (worker_exit
+        # waits for it), then let gunicorn stop accepting and finish its requests.
+        worker.gateway_drain = gevent.spawn(hub.shutdown)
         stop_worker(signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def worker_exit(server, worker):
+    """Wait for the WebSocket drain: open WebSockets are not gunicorn's requests any more."""
+    drain = getattr(worker, "gateway_drain", None)  # also called in the master: no drain
+    if drain is not None:
+        drain.join(_settings.shutdown_grace_seconds + 2)

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import logging
-import time
-import uuid
 
 from flask import Blueprint, g, request
 from flask_sock import Sock
 
 from gateway.auth import AuthError, token_from, verify
+from gateway.connection import Connection, adopt
 from gateway.errors import error_response
-from gateway.outbox import Outbox
-from gateway.reader import read_frames
-from gateway.session import Session
 from gateway.state import get_broker, get_hub, get_settings
-from gateway.wire import WireSocket
+from gateway.wire import WireSocket, is_gevent_socket
 
 bp = Blueprint("ws", __name__)
 sock = Sock()
@@ -33,6 +29,11 @@ def check_upgrade():
     except AuthError as exc:
         log.info("ws_rejected status=401 reason=%r", str(exc))
         return error_response(401, str(exc))
+    if get_hub().at_capacity():
+        log.warning("ws_rejected status=503 reason=capacity connections=%d", get_hub().count())
+        response = error_response(503, "server is at its connection limit; retry shortly")
+        response.headers["Retry-After"] = "5"
+        return response
     # Compressed fan-out would cost a deflate per subscriber and defeat frames built once
     # per publish (SPEC §10), so permessage-deflate is declined by not letting the library
     # see the offer.
@@ -45,34 +46,26 @@ def check_upgrade():
 def websocket(ws):
     """Serve one WebSocket connection until either side closes it."""
     g.websocket_served = True
-    settings = get_settings()
-    conn_id = uuid.uuid4().hex[:12]
-    outbox = Outbox(
-        g.wire.sock, conn_id, settings.subscriber_queue_size, settings.write_timeout_seconds
+    wire = g.wire
+    protocol = _take_protocol(ws)
+    parks = ws.mode == "gunicorn" and is_gevent_socket(wire.sock)
+    conn = Connection(
+        adopt(wire.sock) if parks else wire.sock,
+        protocol,
+        g.user_id,
+        get_settings(),
+        get_broker(),
+        get_hub(),
     )
-    g.wire.attach(outbox)
-    session = Session(conn_id, g.user_id, get_broker(), outbox)
-    hub = get_hub()
-    hub.add(session)
-    started = time.monotonic()
-    log.info("ws_connect conn=%s user=%s peer=%s", conn_id, g.user_id, request.remote_addr)
-    code = None
-    try:
-        code = read_frames(
-            g.wire.sock, _take_protocol(ws), outbox, session.handle, settings.max_message_bytes
-        )
-    except Exception:
-        log.exception("ws_error conn=%s", conn_id)
-    finally:
-        session.close()
-        hub.remove(session)
-        outbox.finish(settings.write_timeout_seconds + 1)
-        log.info(
-            "ws_disconnect conn=%s code=%s seconds=%.1f",
-            conn_id,
-            code,
-            time.monotonic() - started,
-        )
+    conn.open(request.remote_addr)
+    if parks:
+        # The connection lives on without this handler: flask-sock's close after we return
+        # must not write, and gunicorn's close of its (detached) socket leaves ours open.
+        ws.connected = False
+        conn.park()
+        return
+    wire.attach(conn.outbox)
+    conn.serve()
 
 
 def _take_protocol(ws):

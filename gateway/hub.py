@@ -29,6 +29,10 @@ class Hub:
         self._stopping = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self.shutting_down = False
+        # Most WebSockets and SSE streams at once; None is no limit of ours. Under gunicorn
+        # it is worker_connections (gunicorn.conf.py): a WebSocket leaves gunicorn's pool
+        # once upgraded (gateway.connection), so gunicorn's own cap no longer counts it.
+        self.capacity: int | None = None
 
     def add(self, session: Session) -> None:
         """Register an open session (the first one starts the heartbeat).
@@ -65,6 +69,10 @@ class Hub:
     def count(self) -> int:
         """Return the number of open sessions and SSE streams."""
         return len(self._sessions) + len(self._streams)
+
+    def at_capacity(self) -> bool:
+        """Tell whether another connection would exceed `capacity`."""
+        return self.capacity is not None and self.count() >= self.capacity
 
     def _snapshot(self) -> list[Session]:
         with self._lock:

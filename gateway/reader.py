@@ -1,10 +1,13 @@
-"""A connection's inbound side: read client frames in the handler's own greenlet.
+"""A connection's inbound side: client bytes in, whole messages out.
 
-simple-websocket (under flask-sock) does the handshake; after that this loop, not a reader
-thread of the library's, reads the socket through the same wsproto connection. One
-greenlet per idle connection instead of two halves the memory an idle socket costs, and
-the loop enforces the message limit in bytes, as SPEC §4.3 counts it (the library counts
+simple-websocket (under flask-sock) does the handshake; after that our code, not a reader
+thread of the library's, reads the socket through the same wsproto connection, and
+enforces the message limit in bytes, as SPEC §4.3 counts it (the library counts
 characters). Every reply, pongs and close replies included, goes through the outbox.
+
+`FrameReader` only parses: who reads the socket is the connection's business
+(gateway.connection): a blocking loop in the handler's thread, or the gevent event loop
+waking the connection when bytes arrive.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from gateway.outbox import Outbox
 
 log = logging.getLogger("gateway.ws")
 
-_RECV_BYTES = 16384
+RECV_BYTES = 16384
 
 
 class NoReaderThread:
@@ -34,66 +37,94 @@ class NoReaderThread:
         pass
 
     def start(self) -> None:
-        """Start nothing: `read_frames` runs in the handler's greenlet instead."""
+        """Start nothing: the connection reads its socket itself (gateway.connection)."""
 
 
-def read_frames(
-    sock,
-    protocol: Connection,
-    outbox: Outbox,
-    handle: Callable[[str | bytes], None],
-    limit: int,
-) -> int | None:
-    """Feed each complete client message to `handle` until the connection ends.
+class FrameReader:
+    """Feeds each complete client message to `handle`; answers pings and the close frame.
 
-    Returns the close code the client sent, or None when the socket ended without one.
     A message over `limit` bytes closes the connection with 1009; messages that arrive
     while the outbox is closing are read and discarded until the client's close frame.
     """
-    parts: list[str | bytes] = []
-    size = 0
-    while True:
-        try:
-            data = sock.recv(_RECV_BYTES)
-        except OSError:
-            data = b""
-        if not data:
-            outbox.peer_closed()
-            return None
+
+    __slots__ = ("_protocol", "_outbox", "_handle", "_limit", "_parts", "_size", "close_code")
+
+    def __init__(
+        self,
+        protocol: Connection,
+        outbox: Outbox,
+        handle: Callable[[str | bytes], None],
+        limit: int,
+    ) -> None:
+        self._protocol = protocol
+        self._outbox = outbox
+        self._handle = handle
+        self._limit = limit
+        self._parts: list[str | bytes] = []
+        self._size = 0
+        # The code of the client's close frame, once one has arrived.
+        self.close_code: int | None = None
+
+    def feed(self, data: bytes) -> bool:
+        """Serve the messages completed by `data`; return True once the client has closed."""
+        outbox = self._outbox
         outbox.heard()
-        protocol.receive_data(data)
-        for event in protocol.events():
+        self._protocol.receive_data(data)
+        for event in self._protocol.events():
             if isinstance(event, TextMessage | BytesMessage):
                 chunk = event.data
-                size += _byte_length(chunk)
-                if size > limit:
+                self._size += _byte_length(chunk)
+                if self._size > self._limit:
                     if outbox.is_open:
                         log.info("ws_rejected conn=%s reason=message_too_big", outbox.conn_id)
                         outbox.close(1009, "message too big")
-                    parts, size = [], 0
+                    self._parts, self._size = [], 0
                     continue
+                parts = self._parts
                 parts.append(chunk)
                 if event.message_finished:
                     message = parts[0] if len(parts) == 1 else type(chunk)().join(parts)
-                    parts, size = [], 0
+                    self._parts, self._size = [], 0
                     if outbox.is_open:
-                        handle(message)
+                        self._handle(message)
             elif isinstance(event, Ping):
-                _reply(protocol, outbox, event.response())
+                self._reply(event.response())
             elif isinstance(event, CloseConnection):
-                _reply(protocol, outbox, event.response())
+                self._reply(event.response())
                 outbox.peer_closed()
-                return event.code
+                self.close_code = event.code
+                return True
+        return False
+
+    def ended(self) -> None:
+        """Record that the socket ended without a close frame."""
+        self._outbox.peer_closed()
+
+    def _reply(self, event) -> None:
+        # A close reply after our own close is refused by wsproto: nothing more to say then.
+        with contextlib.suppress(LocalProtocolError):
+            self._outbox.push_raw(self._protocol.send(event))
+
+
+def read_frames(sock, reader: FrameReader) -> int | None:
+    """Read `sock` (blocking) into `reader` until the connection ends; return the close code.
+
+    None means the socket ended without a close frame.
+    """
+    while True:
+        try:
+            data = sock.recv(RECV_BYTES)
+        except OSError:
+            data = b""
+        if not data:
+            reader.ended()
+            return None
+        if reader.feed(data):
+            return reader.close_code
         # Yield once per chunk read: under gevent this runs the flushes the chunk scheduled
         # (acks, fan-out) before the next chunk, so a pipelining client gets its acks while
         # it still has requests to send, instead of after the whole backlog.
         time.sleep(0)
-
-
-def _reply(protocol: Connection, outbox: Outbox, event) -> None:
-    # A close reply after our own close is refused by wsproto: nothing more to say then.
-    with contextlib.suppress(LocalProtocolError):
-        outbox.push_raw(protocol.send(event))
 
 
 def _byte_length(chunk: str | bytes) -> int:
