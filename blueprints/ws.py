@@ -61,11 +61,23 @@ def websocket(ws):
     if parks:
         # The connection lives on without this handler: flask-sock's close after we return
         # must not write, and gunicorn's close of its (detached) socket leaves ours open.
-        ws.connected = False
         conn.park()
+        _let_go(ws)
         return
     wire.attach(conn.outbox)
     conn.serve()
+
+
+def _let_go(ws) -> None:
+    """Leave flask-sock's `ws` holding only what flask-sock reads after the handler returns.
+
+    flask-sock refers to `ws` from a class it defines per request, a reference cycle that
+    only the cyclic GC frees; through `ws.environ` it would keep the whole request (Flask's,
+    gunicorn's, their buffers) alive until a collection. `connected = False` makes its
+    final `close()` a no-op.
+    """
+    ws.connected = False
+    ws.environ = ws.sock = ws.ws = ws.event = ws.thread = ws.input_buffer = None
 
 
 def _take_protocol(ws):

@@ -128,6 +128,7 @@ class Connection:
         except Exception:
             log.exception("ws_error conn=%s", self.conn_id)
         self._watcher.close()
+        self._watcher = None  # it refers back to us through its callback
         try:
             self._end(code, close_socket=True)
         except Exception:

@@ -12,6 +12,9 @@ from gateway.sse import SseStream
 
 log = logging.getLogger("gateway.ws")
 
+# Sessions given their heartbeat between two yields to the event loop.
+_BEAT_SLICE = 100
+
 
 class Hub:
     """Registry of open sessions and SSE streams; sends session heartbeats, drains on shutdown.
@@ -89,12 +92,17 @@ class Hub:
             # One encoding per tick, shared by every connection.
             frame = wsframes.text(protocol.heartbeat()) + wsframes.PING
             silent_since = time.monotonic() - 2 * interval
-            for session in self._snapshot():
+            for index, session in enumerate(self._snapshot(), 1):
                 if session.outbox.last_heard < silent_since:
                     log.info("ws_ping_timeout conn=%s", session.conn_id)
                     session.outbox.close(1008, "ping timeout")
                 else:
                     session.outbox.push(frame)
+                if index % _BEAT_SLICE == 0:
+                    # Thousands of heartbeats at once would hold the event loop for tens of
+                    # milliseconds; a short sleep (not sleep(0), which polls no I/O) lets
+                    # their flushes go out and waiting publishes in between slices.
+                    time.sleep(0.001)
 
     def shutdown(self) -> None:
         """Flush and end every session and stream (SPEC §5.9); return when all are gone or grace ends."""

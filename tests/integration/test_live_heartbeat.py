@@ -50,3 +50,22 @@ def test_silent_peer_is_found_by_websocket_pings_and_removed(server_factory):
         live.ping()  # the live client was not touched
         silent.sock.close()
     assert "ws_ping_timeout" in srv.log_text()
+
+
+def test_every_connection_gets_each_heartbeat_when_there_are_hundreds(server_factory):
+    """The hub beats in slices, yielding between them; no connection may be skipped."""
+    srv = server_factory(env={"HEARTBEAT_INTERVAL": 1})
+    token = register(srv)
+    clients = [ws_connect(srv, token) for _ in range(250)]
+    try:
+        for client in clients:
+            frame = client.recv(timeout=5, skip_heartbeat=False)
+            assert frame["type"] == "info" and frame["msg"] == "ping", frame
+        # And a second beat, to every one of them (they answer the WebSocket pings).
+        for client in clients:
+            frame = client.recv(timeout=5, skip_heartbeat=False)
+            assert frame["type"] == "info" and frame["msg"] == "ping", frame
+        assert "ws_ping_timeout" not in srv.log_text()
+    finally:
+        for client in clients:
+            client.close()
