@@ -6,12 +6,16 @@ notice; a socket that accepts no bytes for `write_timeout` seconds is a slow con
 is closed with 4008. Only the outbox writes to the socket after the handshake, and always
 whole frames (SPEC §10: simple-websocket's own `send` ignores partial writes).
 
-How bytes go out. Frames are queued, and a flush is scheduled: under gevent it runs as a
-loop callback when the current greenlet yields, so everything queued in this tick leaves
-in one non-blocking `send`, with no greenlet switch per delivery; under real threads (the
-Flask dev server) it runs at once in the caller. Only when the kernel will not take
+How bytes go out. Frames are queued and flushed with non-blocking sends, with no greenlet
+switch per delivery. Under gevent the first frame queued in an event-loop tick is flushed
+at once (a lone event leaves without delay); frames queued after it in the same tick wait
+for one flush scheduled as a loop callback, so a burst leaves in one `send`. Under real
+threads (the Flask dev server) every push flushes at once in the caller. Only when the kernel will not take
 everything does a writer start: it owns the socket, waits for it with a deadline, and ends
 when the queue is empty. An idle connection has no writer at all.
+
+The lock matters only under real threads; under gevent it is a no-op (`Sender.lock`), which
+holds because no critical section below blocks: keep it that way.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import threading
 import time
 from collections import deque
 
@@ -29,6 +32,8 @@ from gateway.wire import Sender
 log = logging.getLogger("gateway.ws")
 
 OPEN, CLOSING, CLOSED = "open", "closing", "closed"
+# When a push flushes (Outbox._claim_flush).
+_NOW, _SOON = "now", "soon"
 
 # Frames coalesced into one socket write at most (a few hundred typical events).
 _BATCH_BYTES = 256 * 1024
@@ -60,7 +65,7 @@ class Outbox:
         # reading the replies is cut off here instead of growing memory without bound.
         self._control_limit = max(1000, 10 * queue_size)
         self._write_timeout = write_timeout
-        self._lock = threading.Lock()
+        self._lock = self._sender.lock()
         # (topic, seq, frame) for events; (None, 0, frame) for control frames.
         self._frames: deque[tuple[str | None, int, bytes]] = deque()
         self._events = 0
@@ -69,6 +74,7 @@ class Outbox:
         self._state = OPEN
         self._close_queued = False
         self._flush_scheduled = False
+        self._direct_tick = -1  # the event-loop tick of the last flush done at once
         self._writer = None  # the backlog writer while one runs
         self._peer_closed = False
         self.last_heard = time.monotonic()
@@ -88,7 +94,9 @@ class Outbox:
             self._frames.append((topic, seq, frame))
             self._events += 1
             flush = self._claim_flush()
-        if flush:
+        if flush is _NOW:
+            self._flush()
+        elif flush is _SOON:
             self._sender.soon(self._flush)
 
     def push(self, frame: bytes) -> None:
@@ -103,7 +111,9 @@ class Outbox:
             else:
                 self._frames.append((None, 0, frame))
             flush = self._claim_flush()
-        if flush:
+        if flush is _NOW:
+            self._flush()
+        elif flush is _SOON:
             self._sender.soon(self._flush)
 
     def push_raw(self, data: bytes) -> None:
@@ -113,7 +123,9 @@ class Outbox:
                 return
             self._frames.append((None, 0, data))
             flush = self._claim_flush()
-        if flush:
+        if flush is _NOW:
+            self._flush()
+        elif flush is _SOON:
             self._sender.soon(self._flush)
 
     def close(self, code: int, reason: str, notice: bytes | None = None) -> None:
@@ -123,7 +135,9 @@ class Outbox:
                 return
             self._queue_close(notice, code, reason)
             flush = self._claim_flush()
-        if flush:
+        if flush is _NOW:
+            self._flush()
+        elif flush is _SOON:
             self._sender.soon(self._flush)
 
     def heard(self) -> None:
@@ -161,11 +175,21 @@ class Outbox:
 
     # Queue bookkeeping (called with the lock held) ---------------------------------------
 
-    def _claim_flush(self) -> bool:
+    def _claim_flush(self) -> object:
+        """Decide when what was just queued is flushed: _NOW, _SOON, or None (already due).
+
+        The first flush of an event-loop tick happens at once, so a lone event leaves with
+        no deferral; frames queued after it in the same tick wait for one flush at the end
+        of the tick, so bursts still leave in one send per connection.
+        """
         if self._flush_scheduled or self._writer is not None:
-            return False
+            return None
+        tick = self._sender.tick()
+        if tick is not None and tick != self._direct_tick:
+            self._direct_tick = tick
+            return _NOW
         self._flush_scheduled = True
-        return True
+        return _SOON
 
     def _queue_close(self, notice: bytes | None, code: int, reason: str) -> None:
         if notice is not None:

@@ -52,6 +52,26 @@ class WireSocket:
         return len(data)
 
 
+class _Unlocked:
+    """The lock of an outbox that only greenlets of one thread touch.
+
+    Greenlets switch only where one blocks, and no outbox critical section blocks (sends
+    are non-blocking, writers are spawned, not joined), so none can interleave inside one;
+    gevent's monkey-patched Lock would cost a Python-level acquire and release per delivery.
+    """
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+_UNLOCKED = _Unlocked()
+
+
 class Sender:
     """Non-blocking sends and background work for one socket, under gevent or threads.
 
@@ -74,6 +94,10 @@ class Sender:
             self._raw, self._flags = sock, socket.MSG_DONTWAIT
             self._loop = None
 
+    def lock(self):
+        """Return the lock an outbox on this socket needs: a real one only for real threads."""
+        return _UNLOCKED if self._loop is not None else threading.Lock()
+
     def send_nowait(self, data) -> int:
         """Send what the kernel takes now; 0 when it takes nothing."""
         try:
@@ -93,6 +117,12 @@ class Sender:
             return True
         _, writable, _ = select.select([], [self._sock], [], timeout)
         return bool(writable)
+
+    def tick(self) -> int | None:
+        """Return the event loop's iteration count (gevent), or None (threads)."""
+        # libev's loops count iterations; a loop that does not (libuv) gets None: every
+        # flush then waits for the end of the tick.
+        return getattr(self._loop, "iteration", None)
 
     def soon(self, func) -> None:
         """Run `func` when the current greenlet yields (gevent), or now (threads)."""
