@@ -61,11 +61,24 @@ def websocket(ws):
     if parks:
         # The connection lives on without this handler: flask-sock's close after we return
         # must not write, and gunicorn's close of its (detached) socket leaves ours open.
-        conn.park()
+        conn.park(_pipelined(request.environ))
         _let_go(ws)
         return
     wire.attach(conn.outbox)
     conn.serve()
+
+
+def _pipelined(environ: dict) -> bytes:
+    """Return what the client sent behind the upgrade request that gunicorn already read.
+
+    A client may send its first frames without waiting for the 101; gunicorn's parser keeps
+    whatever came with the request in its read-ahead buffer, which `take_buffered` hands
+    over (gunicorn 27 added it for the same need in its h2c upgrade).
+    """
+    body = environ.get("wsgi.input")
+    unreader = getattr(getattr(body, "reader", None), "unreader", None)
+    take = getattr(unreader, "take_buffered", None)
+    return take() if take is not None else b""
 
 
 def _let_go(ws) -> None:

@@ -84,12 +84,19 @@ class Connection:
 
     # Parked: driven by the gevent event loop ---------------------------------------------
 
-    def park(self) -> None:
-        """Have the event loop call us when bytes arrive; return at once."""
+    def park(self, early: bytes = b"") -> None:
+        """Have the event loop call us when bytes arrive; return at once.
+
+        `early` is what the client sent right behind the upgrade request, which the HTTP
+        server had already read; it is served first.
+        """
         import gevent
 
         self._watcher = gevent.get_hub().loop.io(self.sock.fileno(), 1)
-        self._watcher.start(self._readable)
+        if early:
+            gevent.spawn_raw(self._read_burst, early)
+        else:
+            self._watcher.start(self._readable)
 
     def _readable(self) -> None:
         # Runs in the event loop itself, which must never block: serve in a new greenlet.
@@ -98,7 +105,7 @@ class Connection:
         self._watcher.stop()
         gevent.spawn_raw(self._read_burst)
 
-    def _read_burst(self) -> None:
+    def _read_burst(self, early: bytes = b"") -> None:
         """Serve what the client has sent, then wait for the event loop again (or end)."""
         import gevent
 
@@ -106,16 +113,19 @@ class Connection:
         code = None
         try:
             while True:
-                try:
-                    data = raw.recv(RECV_BYTES)
-                except BlockingIOError:
-                    self._watcher.start(self._readable)
-                    return
-                except OSError:
-                    data = b""
-                if not data:
-                    self.reader.ended()
-                    break
+                if early:
+                    data, early = early, b""
+                else:
+                    try:
+                        data = raw.recv(RECV_BYTES)
+                    except BlockingIOError:
+                        self._watcher.start(self._readable)
+                        return
+                    except OSError:
+                        data = b""
+                    if not data:
+                        self.reader.ended()
+                        break
                 if self.reader.feed(data):
                     code = self.reader.close_code
                     break
