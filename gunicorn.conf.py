@@ -46,7 +46,8 @@ worker_connections = 20000
 # gunicorn waits this long for open WebSockets after SIGTERM; the app drains within
 # SHUTDOWN_GRACE_SECONDS and needs a moment more to close sockets and exit.
 graceful_timeout = _settings.shutdown_grace_seconds + 5
-timeout = 30
+# Also bounds the drain after SIGTERM, when the worker no longer reports to the master.
+timeout = max(30, _settings.shutdown_grace_seconds + 10)
 keepalive = 5
 loglevel = {10: "debug", 20: "info", 30: "warning", 40: "error"}[_settings.log_level]
 errorlog = "-"
@@ -57,6 +58,8 @@ control_socket_disable = True
 # If one is enabled with --access-logfile, this format leaves the query string out, so
 # that `?token=` never reaches it.
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
+# Open WebSockets per worker: set by on_starting (in the master, before workers fork).
+_websocket_capacity = None
 
 
 def on_starting(server):
@@ -66,23 +69,35 @@ def on_starting(server):
             f"{server.cfg.workers} workers requested but BROKER_URL is memory://: "
             "state lives in one process, so run one worker (WEB_CONCURRENCY=1)"
         )
-    # Each connection is one descriptor; keep a margin for listeners, the database, logs.
+    # Descriptors: one per open WebSocket or SSE stream (the app caps those at
+    # worker_connections), one per HTTP request in progress (gunicorn's pool, also
+    # worker_connections), and a margin for listeners, databases, Redis and logs.
+    global _websocket_capacity
     margin = 1024
-    wanted = server.cfg.worker_connections + margin
+    sockets = server.cfg.worker_connections
+    _websocket_capacity = sockets
+    wanted = 2 * sockets + margin
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < wanted:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(hard, wanted)))
         except (ValueError, OSError):
-            # Not allowed to raise the hard limit: use all of it, and accept only as many
-            # connections as fit, so that the next one waits instead of failing with EMFILE.
+            # Not allowed to raise the hard limit: use all of it and split it, so that a
+            # connection past it is refused (503) or waits, instead of failing with EMFILE.
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            server.cfg.set("worker_connections", hard - margin)
+            budget = max(hard - margin, 2)
+            pool = min(sockets, 1000, budget // 2)
+            _websocket_capacity = min(sockets, budget - pool)
+            server.cfg.set("worker_connections", pool)
             server.log.warning(
-                "open-files hard limit is %d: worker_connections lowered to %d "
-                "(raise the limit, e.g. ulimit -n or LimitNOFILE, for more)",
+                "open-files hard limit is %d: %d WebSockets and %d requests in progress "
+                "per worker (raise the limit above %d, e.g. ulimit -Hn or LimitNOFILE, "
+                "for %d of each)",
                 hard,
-                hard - margin,
+                _websocket_capacity,
+                pool,
+                wanted,
+                sockets,
             )
 
 
@@ -105,14 +120,17 @@ def post_worker_init(worker):
     from gateway.state import EXTENSION
 
     hub = worker.wsgi.extensions[EXTENSION].hub
-    # Upgraded WebSockets leave gunicorn's pool, so the hub enforces worker_connections.
-    hub.capacity = worker.worker_connections
+    # Upgraded WebSockets leave gunicorn's pool, so the hub enforces their cap itself.
+    hub.capacity = _websocket_capacity or worker.worker_connections
     stop_worker = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum, frame):
         # Runs in the signal context: start the drain in its own greenlet (worker_exit
         # waits for it), then let gunicorn stop accepting and finish its requests.
-        worker.gateway_drain = gevent.spawn(hub.shutdown)
+        # Only once: a second SIGTERM (systemd signals the whole group, then the master
+        # signals the worker) must not leave worker_exit waiting on a no-op drain.
+        if getattr(worker, "gateway_drain", None) is None:
+            worker.gateway_drain = gevent.spawn(hub.shutdown)
         stop_worker(signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)

@@ -15,11 +15,11 @@ from harness import Server, register  # noqa: E402
 
 @pytest.fixture
 def server_factory(tmp_path):
-    """Start servers with per-test settings: server_factory(env={...}, kind=..., args=(...))."""
+    """Start servers with per-test settings: server_factory(env={...}, kind=..., args=(...), nofile=N)."""
     started: list[Server] = []
 
-    def start(env=None, kind="gunicorn", args=(), wait=True) -> Server:
-        srv = Server(tmp_path, env=env, kind=kind, args=tuple(args))
+    def start(env=None, kind="gunicorn", args=(), wait=True, nofile=None) -> Server:
+        srv = Server(tmp_path, env=env, kind=kind, args=tuple(args), nofile=nofile)
         started.append(srv)
         return srv.start() if wait else srv.launch()
 

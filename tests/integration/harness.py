@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import re
+import resource
 import secrets
 import signal
 import socket
@@ -87,6 +88,15 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _child_setup(nofile: int | None):
+    def setup() -> None:
+        _default_sigint()
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    return setup
+
+
 class Server:
     """One gateway process (gunicorn or the Flask dev server) on a free port."""
 
@@ -96,8 +106,10 @@ class Server:
         env: dict[str, Any] | None = None,
         kind: str = "gunicorn",
         args: tuple[str, ...] = (),
+        nofile: int | None = None,
     ):
         self.kind = kind
+        self.nofile = nofile  # the process's open-files limit (soft and hard), if set
         self.port = free_port()
         self.dir = workdir / f"{kind}-{self.port}"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -157,7 +169,7 @@ class Server:
             start_new_session=True,
             # A test run launched in the background inherits an ignored SIGINT, and Python
             # would then ignore the dev server's Ctrl-C too: give it the default back.
-            preexec_fn=_default_sigint,
+            preexec_fn=_child_setup(self.nofile),
         )
         return self
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import pytest
 from harness import create_topic, http, register, wait_until, ws_connect
 from websockets.exceptions import InvalidStatus
 
@@ -48,6 +52,42 @@ def test_worker_connections_caps_websockets_and_rest_still_answers(server_factor
 
         wait_until(fourth_fits, timeout=10, what="a place freed by a closed WebSocket")
         assert clients[-1].ping()["type"] == "pong"
+    finally:
+        for client in clients:
+            client.close()
+
+
+def _can_raise_open_files_limit() -> bool:
+    """Tell whether a process here may raise its open-files hard limit (CAP_SYS_RESOURCE)."""
+    probe = (
+        "import resource; s, h = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "try:\n    resource.setrlimit(resource.RLIMIT_NOFILE, (h + 1, h + 1))\n"
+        "except (ValueError, OSError):\n    raise SystemExit(1)\n"
+    )
+    return subprocess.run([sys.executable, "-c", probe], timeout=30).returncode == 0
+
+
+def test_a_low_open_files_limit_is_split_between_websockets_and_requests(server_factory):
+    """With a hard limit of 1100 and 1024 kept in reserve, 76 descriptors are split 38 + 38."""
+    if _can_raise_open_files_limit():
+        pytest.skip("processes here may raise their open-files limit, so no fallback happens")
+    srv = server_factory(nofile=1100)
+    assert "1100: 38 WebSockets and 38 requests in progress per worker" in srv.log_text()
+    token = register(srv)
+    clients = []
+    try:
+        for _ in range(38):
+            clients.append(ws_connect(srv, token))
+        try:
+            ws_connect(srv, token).close()
+        except InvalidStatus as exc:
+            assert exc.response.status_code == 503
+        else:
+            raise AssertionError("a 39th WebSocket was accepted with room for 38")
+        # The requests' share is untouched by the open WebSockets.
+        status, _ = http("GET", srv.url + "/topics", token=token, timeout=5)
+        assert status == 200
+        assert clients[0].ping()["type"] == "pong"
     finally:
         for client in clients:
             client.close()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from http.client import HTTPException
 
+import pytest
 from harness import RawClosed, RawWS, check_event, create_topic, http, register, ws_connect
 from websockets.exceptions import InvalidStatus
 
@@ -33,7 +36,10 @@ def new_connection_outcome(srv, token) -> str:
     return ", ".join(outcomes)
 
 
-def test_sigterm_flushes_queued_events_then_shutdown_and_1001(server_factory):
+@pytest.mark.parametrize("target", ["master", "process group"])
+def test_sigterm_flushes_queued_events_then_shutdown_and_1001(server_factory, target):
+    """`process group` is what systemd and Ctrl-Z/kill -TERM -PGID do: the worker gets SIGTERM
+    twice, once directly and once from the master; the drain must still run to the end."""
     srv = server_factory(env={"SHUTDOWN_GRACE_SECONDS": GRACE, "SUBSCRIBER_QUEUE_SIZE": 200})
     token = register(srv)
     topic = create_topic(srv, token)
@@ -49,9 +55,15 @@ def test_sigterm_flushes_queued_events_then_shutdown_and_1001(server_factory):
     sent = [pub.publish(topic, "z" * 16384)["seq"] for _ in range(300)]
     assert sent == list(range(1, 301))
 
-    srv.send_signal()
+    if target == "master":
+        srv.send_signal()
+    else:
+        os.killpg(srv.proc.pid, signal.SIGTERM)
     time.sleep(0.2)  # well inside the grace period, while the subscriber holds unread events
     outcome = new_connection_outcome(srv, token)
+    # Read only after gunicorn's own wait would have ended (its pool empties at once, since
+    # upgraded sockets leave it): the worker must be waiting for the drain, not for gunicorn.
+    time.sleep(2.0)
 
     frames = []
     try:
