@@ -29,6 +29,10 @@ def check_upgrade():
     except AuthError as exc:
         log.info("ws_rejected status=401 reason=%r", str(exc))
         return error_response(401, str(exc))
+    if request.content_length or "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+        # Its body would be read as the client's first frames.
+        log.info("ws_rejected status=400 reason=body")
+        return error_response(400, "a WebSocket upgrade request has no body")
     if get_hub().at_capacity():
         log.warning("ws_rejected status=503 reason=capacity connections=%d", get_hub().count())
         response = error_response(503, "server is at its connection limit; retry shortly")

@@ -120,9 +120,10 @@ class Sender:
 
     def tick(self) -> int | None:
         """Return the event loop's iteration count (gevent), or None (threads)."""
-        # libev's loops count iterations; a loop that does not (libuv) gets None: every
-        # flush then waits for the end of the tick.
-        return getattr(self._loop, "iteration", None)
+        # libev counts its loop's iterations; gevent's libuv loop reports -1 (and another
+        # loop may have no count): then every flush waits for the end of the tick.
+        iteration = getattr(self._loop, "iteration", -1)
+        return iteration if iteration >= 0 else None
 
     def soon(self, func) -> None:
         """Run `func` when the current greenlet yields (gevent), or now (threads)."""
