@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import threading
+import time
 
 from gateway.offload import CpuPool
 from gateway.users import User, UsernameTaken, UserStore
+
+# How long a store waits for other processes setting up the same file.
+_SETUP_SECONDS = 15.0
 
 
 class SqliteUserStore(UserStore):
@@ -16,13 +21,31 @@ class SqliteUserStore(UserStore):
         super().__init__(cpu)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        if path != ":memory:":
-            self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS users ("
-            " id TEXT PRIMARY KEY, username TEXT NOT NULL UNIQUE, email TEXT,"
-            " password_hash TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL)"
-        )
+        self._set_up(path != ":memory:")
+
+    def _set_up(self, wal: bool) -> None:
+        """Switch to WAL and create the schema, waiting out other processes doing the same.
+
+        Workers booting at once all do this on one file. The WAL switch needs an exclusive
+        lock and SQLite may answer "database is locked" at once, without its busy timeout,
+        when two connections would otherwise deadlock: so retry for a while.
+        """
+        deadline = time.monotonic() + _SETUP_SECONDS
+        while True:
+            try:
+                if wal:
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS users ("
+                    " id TEXT PRIMARY KEY, username TEXT NOT NULL UNIQUE, email TEXT,"
+                    " password_hash TEXT NOT NULL, created_at REAL NOT NULL,"
+                    " updated_at REAL NOT NULL)"
+                )
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0.01, 0.05))
 
     def _insert(self, user: User, password_hash: str) -> User:
         try:

@@ -396,3 +396,34 @@ def test_connections_cut_by_the_server_are_replaced(make_store, postgres_url):
     assert cut >= 1
     assert store.authenticate("survivor", PASSWORD) == user
     assert store.get(user.id) == user
+
+
+def _open_at_once(path: str, count: int) -> tuple[list[SqliteUserStore], list[Exception]]:
+    """Open `count` stores on `path` from as many threads released at the same moment."""
+    barrier = threading.Barrier(count, timeout=30)
+    stores: list[SqliteUserStore] = []
+    failures: list[Exception] = []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            stores.append(SqliteUserStore(path))
+        except Exception as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    _join_all(threads)
+    return stores, failures
+
+
+def test_workers_starting_at_once_on_one_sqlite_file_all_start(tmp_path):
+    """Several gunicorn workers open one SQLite file at boot (WAL switch + schema) at once."""
+    for attempt in range(10):
+        stores, failures = _open_at_once(str(tmp_path / f"users-{attempt}.db"), 8)
+        assert not failures, failures
+        user = stores[0].register(f"u{attempt}", PASSWORD, None)
+        assert stores[-1].authenticate(f"u{attempt}", PASSWORD) == user
+        for store in stores:
+            store.close()
