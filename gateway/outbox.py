@@ -94,10 +94,7 @@ class Outbox:
             self._frames.append((topic, seq, frame))
             self._events += 1
             flush = self._claim_flush()
-        if flush is _NOW:
-            self._flush()
-        elif flush is _SOON:
-            self._sender.soon(self._flush)
+        self._start_flush(flush)
 
     def push(self, frame: bytes) -> None:
         """Queue a control frame (ack, error, pong, info); these are never dropped."""
@@ -111,10 +108,7 @@ class Outbox:
             else:
                 self._frames.append((None, 0, frame))
             flush = self._claim_flush()
-        if flush is _NOW:
-            self._flush()
-        elif flush is _SOON:
-            self._sender.soon(self._flush)
+        self._start_flush(flush)
 
     def push_raw(self, data: bytes) -> None:
         """Queue protocol bytes from the WebSocket library (pong, close reply)."""
@@ -123,10 +117,7 @@ class Outbox:
                 return
             self._frames.append((None, 0, data))
             flush = self._claim_flush()
-        if flush is _NOW:
-            self._flush()
-        elif flush is _SOON:
-            self._sender.soon(self._flush)
+        self._start_flush(flush)
 
     def close(self, code: int, reason: str, notice: bytes | None = None) -> None:
         """Queue an optional last notice and a close frame; later frames are refused."""
@@ -135,10 +126,7 @@ class Outbox:
                 return
             self._queue_close(notice, code, reason)
             flush = self._claim_flush()
-        if flush is _NOW:
-            self._flush()
-        elif flush is _SOON:
-            self._sender.soon(self._flush)
+        self._start_flush(flush)
 
     def heard(self) -> None:
         """Record that bytes arrived from the client (any frame, pongs included)."""
@@ -174,6 +162,13 @@ class Outbox:
         return len(self._frames)
 
     # Queue bookkeeping (called with the lock held) ---------------------------------------
+
+    def _start_flush(self, flush: object) -> None:
+        """Carry out what `_claim_flush` decided (called without the lock)."""
+        if flush is _NOW:
+            self._flush()
+        elif flush is _SOON:
+            self._sender.soon(self._flush)
 
     def _claim_flush(self) -> object:
         """Decide when what was just queued is flushed: _NOW, _SOON, or None (already due).
