@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -24,6 +25,31 @@ LOG_LEVELS = {
 }
 
 
+# The shortest JWT_SECRET_KEY accepted: HS256 keys shorter than its 32-byte output are
+# guessable offline from any one token (RFC 7518 §3.2 asks for at least this much).
+MIN_SECRET_BYTES = 32
+
+_RATE = re.compile(r"\s*(\d+)\s*(?:/|per)\s*(second|minute|hour)s?\s*", re.I)
+_PERIODS = {"second": 1, "minute": 60, "hour": 3600}
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """A rate limit: at most `count` per `period` seconds (also the burst size)."""
+
+    count: int
+    unit: str
+
+    @property
+    def period(self) -> int:
+        """Return the window in seconds."""
+        return _PERIODS[self.unit]
+
+    def __str__(self) -> str:
+        # The form Flask-Limiter (the `limits` package) parses, and our docs use.
+        return f"{self.count}/{self.unit}"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every tunable of the gateway, with SPEC §1 defaults."""
@@ -41,6 +67,15 @@ class Settings:
     broker_url: str = "memory://"
     write_timeout_seconds: float = 10.0
     shutdown_grace_seconds: float = 10.0
+    # Untrusted clients (docs in the README's "Limits"): 0 turns a quota or a rate off.
+    max_json_depth: int = 32
+    ring_buffer_bytes: int = 1 << 20
+    login_rate_limit: Rate | None = None
+    publish_rate_limit: Rate | None = None
+    max_topics: int = 10000
+    max_topics_per_user: int = 100
+    max_subscriptions_per_connection: int = 100
+    max_connections_per_user: int = 20
 
     def origin_allowed(self, origin: str | None) -> bool:
         """Tell whether a WebSocket upgrade from this Origin may proceed (SPEC §3)."""
@@ -74,6 +109,31 @@ def _database_url(env: Mapping[str, str]) -> str | None:
     return url
 
 
+def _rate(env: Mapping[str, str], name: str, default: str) -> Rate | None:
+    raw = env.get(name, "").strip() or default
+    if raw == "0":
+        return None
+    match = _RATE.fullmatch(raw)
+    if match is None:
+        raise ConfigError(
+            f"{name} must look like N/second, N/minute or N/hour (0 is off); got {raw!r}"
+        )
+    count = int(match.group(1))
+    return Rate(count, match.group(2).lower()) if count else None
+
+
+def _secret(env: Mapping[str, str]) -> str:
+    secret = env.get("JWT_SECRET_KEY", "")
+    if not secret.strip():
+        raise ConfigError("JWT_SECRET_KEY is required and must not be empty")
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"JWT_SECRET_KEY must be at least {MIN_SECRET_BYTES} bytes; generate one with: "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
+        )
+    return secret
+
+
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     items = tuple(part.strip() for part in env.get(name, "*").split(",") if part.strip())
     return items or ("*",)
@@ -91,9 +151,7 @@ def log_level_from(env: Mapping[str, str]) -> int:
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from environment variables, raising ConfigError on bad values."""
     env = os.environ if env is None else env
-    secret = env.get("JWT_SECRET_KEY", "")
-    if not secret.strip():
-        raise ConfigError("JWT_SECRET_KEY is required and must not be empty")
+    secret = _secret(env)
     broker_url = env.get("BROKER_URL", "").strip() or "memory://"
     if broker_url != "memory://" and not broker_url.startswith(("redis://", "rediss://")):
         scheme = broker_url.split("://", 1)[0]
@@ -114,4 +172,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         broker_url=broker_url,
         write_timeout_seconds=_int(env, "WRITE_TIMEOUT_SECONDS", 10, 1),
         shutdown_grace_seconds=_int(env, "SHUTDOWN_GRACE_SECONDS", 10, 0),
+        max_json_depth=_int(env, "MAX_JSON_DEPTH", 32, 2),
+        ring_buffer_bytes=_int(env, "RING_BUFFER_BYTES", 1 << 20, 0),
+        login_rate_limit=_rate(env, "LOGIN_RATE_LIMIT", "10/minute"),
+        publish_rate_limit=_rate(env, "PUBLISH_RATE_LIMIT", "100/second"),
+        max_topics=_int(env, "MAX_TOPICS", 10000, 0),
+        max_topics_per_user=_int(env, "MAX_TOPICS_PER_USER", 100, 0),
+        max_subscriptions_per_connection=_int(env, "MAX_SUBSCRIPTIONS_PER_CONNECTION", 100, 0),
+        max_connections_per_user=_int(env, "MAX_CONNECTIONS_PER_USER", 20, 0),
     )

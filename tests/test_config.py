@@ -8,7 +8,7 @@ import pytest
 
 from gateway.config import ConfigError, load_settings
 
-BASE = {"JWT_SECRET_KEY": "s3cret"}
+BASE = {"JWT_SECRET_KEY": "s3cret-" + "x" * 32}
 
 
 def test_defaults_match_the_spec():
@@ -87,3 +87,59 @@ def test_cors_lists_are_split_and_trimmed():
 def test_unsupported_broker_is_refused_by_name():
     with pytest.raises(ConfigError, match="BROKER_URL"):
         load_settings({**BASE, "BROKER_URL": "nats://localhost"})
+
+
+def test_short_secret_is_refused():
+    # An HS256 key shorter than 32 bytes can be guessed offline from one token.
+    with pytest.raises(ConfigError, match="JWT_SECRET_KEY must be at least 32 bytes"):
+        load_settings({"JWT_SECRET_KEY": "x" * 31})
+    assert load_settings({"JWT_SECRET_KEY": "x" * 32}).jwt_secret_key == "x" * 32
+
+
+def test_limit_defaults_match_the_docs():
+    settings = load_settings(BASE)
+    assert settings.max_json_depth == 32
+    assert settings.ring_buffer_bytes == 1 << 20
+    assert str(settings.login_rate_limit) == "10/minute"
+    assert str(settings.publish_rate_limit) == "100/second"
+    assert settings.max_topics == 10000
+    assert settings.max_topics_per_user == 100
+    assert settings.max_subscriptions_per_connection == 100
+    assert settings.max_connections_per_user == 20
+
+
+@pytest.mark.parametrize(
+    ("value", "count", "period"),
+    [("5/second", 5, 1), ("20 per minute", 20, 60), ("3/HOURS", 3, 3600)],
+)
+def test_rates_are_parsed(value, count, period):
+    rate = load_settings({**BASE, "PUBLISH_RATE_LIMIT": value}).publish_rate_limit
+    assert (rate.count, rate.period) == (count, period)
+
+
+@pytest.mark.parametrize("name", ["LOGIN_RATE_LIMIT", "PUBLISH_RATE_LIMIT"])
+def test_zero_rate_turns_the_limit_off(name):
+    settings = load_settings({**BASE, name: "0"})
+    assert getattr(settings, name.lower()) is None
+
+
+@pytest.mark.parametrize("value", ["10", "ten/minute", "10/fortnight", "-1/second"])
+def test_bad_rates_name_the_variable(value):
+    with pytest.raises(ConfigError, match="LOGIN_RATE_LIMIT"):
+        load_settings({**BASE, "LOGIN_RATE_LIMIT": value})
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MAX_JSON_DEPTH",
+        "RING_BUFFER_BYTES",
+        "MAX_TOPICS",
+        "MAX_TOPICS_PER_USER",
+        "MAX_SUBSCRIPTIONS_PER_CONNECTION",
+        "MAX_CONNECTIONS_PER_USER",
+    ],
+)
+def test_bad_limits_name_the_variable(name):
+    with pytest.raises(ConfigError, match=name):
+        load_settings({**BASE, name: "-1"})

@@ -360,7 +360,7 @@ def test_psycopg_imported_before_gevent_patching_is_refused():
     "url", ["postgresql://gw:pw@db.example:5432/gateway", "postgres://db.example/gateway"]
 )
 def test_postgres_database_urls_are_accepted(url):
-    assert load_settings({"JWT_SECRET_KEY": "k", "DATABASE_URL": url}).database_url == url
+    assert load_settings({"JWT_SECRET_KEY": "k" * 32, "DATABASE_URL": url}).database_url == url
 
 
 @pytest.mark.parametrize(
@@ -369,7 +369,7 @@ def test_postgres_database_urls_are_accepted(url):
 )
 def test_other_database_urls_are_refused_naming_the_variable(url):
     with pytest.raises(ConfigError, match="DATABASE_URL") as refused:
-        load_settings({"JWT_SECRET_KEY": "k", "DATABASE_URL": url})
+        load_settings({"JWT_SECRET_KEY": "k" * 32, "DATABASE_URL": url})
     assert "s3cr3t" not in str(refused.value)
 
 
