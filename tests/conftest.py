@@ -15,6 +15,13 @@ from gateway.state import get_user_store
 # 64+ bytes, so that even an HS512 token signed with it is a fair test of "HS256 only".
 SECRET = "test-secret-" + "0123456789abcdef" * 4
 PASSWORD = "correct horse battery"
+# Tests register many users and publish freely: limits are off unless a test sets them.
+LIMITS_OFF = {
+    "LOGIN_RATE_LIMIT": "0",
+    "PUBLISH_RATE_LIMIT": "0",
+    "MAX_TOPICS_PER_USER": "0",
+    "MAX_CONNECTIONS_PER_USER": "0",
+}
 
 
 @pytest.fixture
@@ -29,7 +36,7 @@ def make_app() -> Callable[..., Flask]:
     apps: list[Flask] = []
 
     def make(**settings: str) -> Flask:
-        config = {"JWT_SECRET_KEY": SECRET, "DATABASE_URL": ":memory:"} | settings
+        config = {"JWT_SECRET_KEY": SECRET, "DATABASE_URL": ":memory:"} | LIMITS_OFF | settings
         app = create_app(config)
         apps.append(app)
         return app

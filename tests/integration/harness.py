@@ -47,10 +47,29 @@ CONFIG_VARS = (
     "WRITE_TIMEOUT_SECONDS",
     "SHUTDOWN_GRACE_SECONDS",
     "WEB_CONCURRENCY",
+    "MAX_JSON_DEPTH",
+    "RING_BUFFER_BYTES",
+    "LOGIN_RATE_LIMIT",
+    "PUBLISH_RATE_LIMIT",
+    "MAX_TOPICS",
+    "MAX_TOPICS_PER_USER",
+    "MAX_SUBSCRIPTIONS_PER_CONNECTION",
+    "MAX_CONNECTIONS_PER_USER",
+    "HOST",
     "GUNICORN_CMD_ARGS",
     "FLASK_APP",
     "FLASK_DEBUG",
 )
+
+# Most tests register many users from one address, publish at full speed and create many
+# topics with one token: they run with the rate limits and per-user quotas off. Tests of the
+# limits themselves (test_live_hostile.py and friends) set the values they need explicitly.
+LIMITS_OFF = {
+    "LOGIN_RATE_LIMIT": "0",
+    "PUBLISH_RATE_LIMIT": "0",
+    "MAX_TOPICS_PER_USER": "0",
+    "MAX_CONNECTIONS_PER_USER": "0",
+}
 
 TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3,9}Z$")
 PASSWORD = "correct-horse-battery"
@@ -123,6 +142,7 @@ class Server:
             DATABASE_URL=str(self.dir / "users.db"),
             LOG_LEVEL="info",
             PYTHONUNBUFFERED="1",
+            **LIMITS_OFF,
         )
         for key, value in (env or {}).items():
             if value is None:
