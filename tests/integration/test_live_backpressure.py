@@ -113,7 +113,8 @@ def test_paused_readers_get_whole_frames_and_exact_drop_counts(server_factory):
 
 
 def test_never_reading_subscriber_is_cut_off_while_others_get_everything(server_factory):
-    srv = server_factory(env={"SUBSCRIBER_QUEUE_SIZE": 50, "WRITE_TIMEOUT_SECONDS": 2})
+    write_timeout = 2
+    srv = server_factory(env={"SUBSCRIBER_QUEUE_SIZE": 50, "WRITE_TIMEOUT_SECONDS": write_timeout})
     token = register(srv)
     topic = create_topic(srv, token)
 
@@ -146,22 +147,43 @@ def test_never_reading_subscriber_is_cut_off_while_others_get_everything(server_
     for t in threads:
         t.start()
 
+    # The stalled socket stops taking bytes once the server's kernel send buffer is full
+    # (autotuned up to tcp_wmem's max, ~4 MB on loopback) and its outbox then waits with a
+    # no-progress deadline of write_timeout. How many events fit in that time depends on the
+    # machine's speed (a fast one publishes thousands of 8 KB events in under 2 s), so publish
+    # until the cut-off shows in /stats, or fail once a deadline far past write_timeout passes.
+    # The first `fill` events (8 MB) go at full speed to fill the buffers; then the publisher
+    # slows down, which bounds the volume if the gateway never cuts the socket off.
     payload = "q" * 8192
-    cut_off = False
-    deadline = time.monotonic() + 45
+    fill = 1000
+    cut_after: float | None = None
     with ws_connect(srv, token) as pub:
+        started = time.monotonic()
+        deadline = started + write_timeout + 30
         seq = 0
-        while seq < 4000 and time.monotonic() < deadline and not errors:
+        while time.monotonic() < deadline and not errors:
             for _ in range(25):
                 seq = pub.publish(topic, payload)["seq"]
             if stats_topic(srv, topic)["subscribers"] == 3:
-                cut_off = True
+                cut_after = time.monotonic() - started
                 break
+            if seq >= fill:
+                time.sleep(0.05)
     final.append(seq)
     for t in threads:
         t.join(30)
     assert not errors, errors
-    assert cut_off, f"never-reading subscriber still subscribed after {seq} events of 8 KB"
+    assert cut_after is not None, (
+        f"never-reading subscriber still subscribed {time.monotonic() - started:.1f}s after "
+        f"publishing began ({seq} events of 8 KB, WRITE_TIMEOUT_SECONDS={write_timeout})\n"
+        f"{srv.log_tail()}"
+    )
+    # The socket took bytes when the first events went out, so the no-progress deadline
+    # cannot have run out before write_timeout had passed since then.
+    assert cut_after >= write_timeout, f"cut off after {cut_after:.2f}s, before the write timeout"
+    # ... and it was the outbox's write timeout that cut it off (SPEC §5.4), nothing else.
+    slow = [line for line in srv.log_text().splitlines() if "slow_consumer conn=" in line]
+    assert len(slow) == 1 and "write_timeout=" in slow[0], srv.log_tail()
 
     for frames in results:
         seqs = [check_event(f, topic)["seq"] for f in frames]
