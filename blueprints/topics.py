@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
 from flask import Blueprint
-from flask_jwt_extended import jwt_required
+from flask_jwt_extended import get_jwt_identity, jwt_required
 
 from gateway.broker import TopicExists, TopicNotFound
 from gateway.errors import ApiError
 from gateway.http import json_body, json_response
-from gateway.state import get_broker, uptime_seconds
+from gateway.state import get_broker, get_hub, get_user_store, uptime_seconds
 
 bp = Blueprint("topics", __name__)
+log = logging.getLogger("gateway.http")
+
+# What /readyz always reports, "ok" or the reason; brokers may add their own (listener).
+READY_CHECKS = ("broker", "database", "heartbeat", "draining")
 
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -37,6 +42,33 @@ def health():
     )
 
 
+@bp.get("/livez")
+def livez():
+    """Answer 200 while the process serves requests (also while it drains)."""
+    return json_response({"status": "alive"})
+
+
+@bp.get("/readyz")
+def readyz():
+    """Answer 200 when this worker can serve, else 503 naming each failing check.
+
+    Checks: the broker (Redis reachable, its listener running and connected), the
+    WebSocket heartbeat loop, the accounts database, and draining after SIGTERM.
+    """
+    problems = {**get_broker().problems(), **get_hub().problems()}
+    try:
+        get_user_store().ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready", said below
+        problems["database"] = f"the accounts database is unreachable: {type(exc).__name__}"
+    checks = {name: problems.get(name, "ok") for name in (*READY_CHECKS, *problems)}
+    if not problems:
+        return json_response({"status": "ready", "checks": checks})
+    failing = ", ".join(sorted(problems))
+    log.warning("not_ready failing=%s", failing)
+    body = {"status": "unavailable", "error": f"not ready: {failing}", "checks": checks}
+    return json_response(body, 503)
+
+
 @bp.get("/stats")
 def stats():
     """Report messages published and subscribers, per topic."""
@@ -53,7 +85,7 @@ def create_topic():
     """Create a topic."""
     name = valid_topic_name(json_body().get("name"))
     try:
-        get_broker().create_topic(name)
+        get_broker().create_topic(name, owner=get_jwt_identity())
     except TopicExists:
         raise ApiError(409, f"topic {name!r} already exists") from None
     return json_response({"status": "created", "topic": name}, 201)

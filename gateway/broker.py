@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 
 class TopicExists(Exception):
@@ -25,17 +25,33 @@ class BrokerUnavailable(Exception):
     """The broker's backing service cannot be reached; the operation did not happen."""
 
 
+class LimitExceeded(Exception):
+    """A quota (README "Limits") refuses the operation; the message says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """What one gateway holds at most; 0 is no limit (README "Limits")."""
+
+    ring_bytes: int = 1 << 20  # encoded messages kept per topic, besides the ring's count
+    max_topics: int = 0  # topics in the whole gateway
+    max_topics_per_user: int = 0  # topics created by one user
+
+
 @dataclass(slots=True)
 class Event:
     """One published message, as stored in the history ring and delivered to subscribers.
 
+    `payload` is the payload's JSON, encoded once when the message entered the gateway: a
+    stored message costs about its encoded size, not a tree of Python objects many times
+    larger, and nothing that sends it on (frames, history, SSE) can fail to encode it.
     `wire` is the ready-to-send frame, built once per publish by the broker's encoder so that
     fan-out to N subscribers costs N queue appends, not N serialisations.
     """
 
     topic: str
     id: str
-    payload: Any
+    payload: bytes
     seq: int
     timestamp: float
     wire: bytes = field(default=b"", repr=False)
@@ -66,8 +82,10 @@ class History:
     complete: bool
 
 
-# How long a publish's idempotency key is remembered (SPEC issue: at least five minutes).
+# How long a publish's idempotency key is remembered, and how many keys a topic keeps at
+# most (the oldest go first): a key costs ~200 bytes whatever the message's size.
 IDEMPOTENCY_SECONDS = 300
+IDEMPOTENCY_KEYS_PER_TOPIC = 1000
 
 
 def resume(
@@ -93,6 +111,7 @@ class TopicInfo:
     name: str
     subscribers: int
     messages: int
+    owner: str | None = None  # the id of the user who created it
 
 
 class Subscriber(Protocol):
@@ -124,12 +143,18 @@ class Broker(ABC):
     - `publish` never blocks on a subscriber: delivery is an append to its own queue.
     - deleting a topic tells each subscriber once (`topic_deleted`) and forgets them all;
       a topic created again under the same name starts from an empty history and seq 1.
+    - a topic's history holds at most `ring_size` messages and `Quotas.ring_bytes` of
+      encoded frames, oldest out first; one larger than that is delivered but not kept.
     - any call may raise BrokerUnavailable when a backing service is down; nothing was done.
     """
 
     @abstractmethod
-    def create_topic(self, name: str) -> None:
-        """Create a topic; raise TopicExists if the name is taken."""
+    def create_topic(self, name: str, owner: str | None = None) -> None:
+        """Create a topic owned by user id `owner`.
+
+        Raise TopicExists if the name is taken, LimitExceeded past `Quotas.max_topics` or
+        `Quotas.max_topics_per_user`.
+        """
 
     @abstractmethod
     def delete_topic(self, name: str) -> None:
@@ -141,12 +166,19 @@ class Broker(ABC):
 
     @abstractmethod
     def publish(
-        self, topic: str, message_id: str, payload: Any, idempotency_key: str | None = None
+        self,
+        topic: str,
+        message_id: str,
+        payload: bytes,
+        idempotency_key: str | None = None,
+        publisher: str | None = None,
     ) -> Event:
         """Assign the next seq, store the event in the ring and fan it out; raise TopicNotFound.
 
-        A publish that repeats an `idempotency_key` of the same topic within
-        IDEMPOTENCY_SECONDS returns the first publish's event and delivers nothing.
+        `payload` is the payload's JSON. A publish that repeats an `idempotency_key` of the
+        same `publisher` and topic within IDEMPOTENCY_SECONDS (and among the topic's last
+        IDEMPOTENCY_KEYS_PER_TOPIC keys) returns the first publish's id, seq and timestamp
+        (with an empty payload) and delivers nothing.
         """
 
     @abstractmethod
@@ -182,6 +214,21 @@ class Broker(ABC):
     @abstractmethod
     def subscriber_count(self) -> int:
         """Return the number of (subscriber, topic) subscriptions."""
+
+    @abstractmethod
+    def claim_connection(self, user: str, limit: int) -> bool:
+        """Count one more open connection of `user` unless it has `limit` (0: no limit) already.
+
+        Counted across every worker sharing the broker; False when refused.
+        """
+
+    @abstractmethod
+    def release_connection(self, user: str) -> None:
+        """Count one connection of `user` fewer (it closed)."""
+
+    def problems(self) -> dict[str, str]:
+        """Return what keeps the broker from serving, by check name (empty: ready)."""
+        return {}
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources held by the broker."""

@@ -5,15 +5,17 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
-from typing import Any
+from collections import Counter, OrderedDict, deque
 
 from gateway.broker import (
+    IDEMPOTENCY_KEYS_PER_TOPIC,
     IDEMPOTENCY_SECONDS,
     Broker,
     Encoder,
     Event,
     History,
+    LimitExceeded,
+    Quotas,
     Subscriber,
     Subscription,
     TopicExists,
@@ -23,32 +25,61 @@ from gateway.broker import (
 )
 from gateway.fanout import Fanout
 
-# Idempotency keys kept per topic at most, whatever their age: memory stays bounded.
-_MAX_KEYS = 100_000
-
 
 class _Topic:
-    """One topic's ring, last seq (also its message count), epoch and idempotency keys."""
+    """One topic's ring, last seq (also its message count), epoch, owner and idempotency keys."""
 
-    __slots__ = ("epoch", "keys", "ring", "seq")
+    __slots__ = ("epoch", "keys", "owner", "ring", "ring_bytes", "seq")
 
-    def __init__(self, ring_size: int) -> None:
-        self.ring: deque[Event] = deque(maxlen=ring_size)
+    def __init__(self, ring_size: int, owner: str | None) -> None:
+        self.ring: deque[Event] = deque()
+        self.ring_bytes = 0  # encoded frames held by the ring
         self.seq = 0
+        self.owner = owner
         # A new id per creation, and so per process: a restart starts new streams.
         self.epoch = uuid.uuid4().hex[:16]
-        # Idempotency key -> (first event, expiry); oldest first, pruned as publishes pass.
-        self.keys: OrderedDict[str, tuple[Event, float]] = OrderedDict()
+        # (publisher, key) -> (id, seq, timestamp, expiry); oldest first.
+        self.keys: OrderedDict[tuple[str | None, str], tuple[str, int, float, float]] = (
+            OrderedDict()
+        )
 
-    def remembered(self, key: str, now: float) -> Event | None:
-        """Forget expired keys; return the event first published under `key`, if any."""
-        while self.keys:
-            oldest, (_, expiry) = next(iter(self.keys.items()))
-            if expiry > now and len(self.keys) <= _MAX_KEYS:
+    def keep(self, event: Event, ring_size: int, ring_bytes: int) -> None:
+        """Add an event to the ring; the oldest go while it is over its count or bytes.
+
+        The bytes counted are those held: the payload's JSON and the frame. An event larger
+        than the budget empties the ring: history must stay contiguous up to the seq.
+        """
+        ring = self.ring
+        ring.append(event)
+        self.ring_bytes += _held(event)
+        while ring and (len(ring) > ring_size or (ring_bytes and self.ring_bytes > ring_bytes)):
+            self.ring_bytes -= _held(ring.popleft())
+
+    def remembered(self, key: tuple[str | None, str], now: float) -> Event | None:
+        """Forget expired keys; return what was first published under `key`, if anything."""
+        keys = self.keys
+        while keys:
+            oldest, (*_, expiry) = next(iter(keys.items()))
+            if expiry > now:
                 break
-            del self.keys[oldest]
-        hit = self.keys.get(key)
-        return hit[0] if hit else None
+            del keys[oldest]
+        hit = keys.get(key)
+        return None if hit is None else Event("", hit[0], b"", hit[1], hit[2])
+
+    def remember(self, key: tuple[str | None, str], event: Event) -> None:
+        """Keep what a duplicate of `key` is told: the first publish's id, seq and time."""
+        self.keys[key] = (
+            event.id,
+            event.seq,
+            event.timestamp,
+            event.timestamp + IDEMPOTENCY_SECONDS,
+        )
+        if len(self.keys) > IDEMPOTENCY_KEYS_PER_TOPIC:
+            self.keys.popitem(last=False)
+
+
+def _held(event: Event) -> int:
+    return len(event.payload) + len(event.wire)
 
 
 class MemoryBroker(Broker):
@@ -60,50 +91,74 @@ class MemoryBroker(Broker):
     same reason registering a subscriber and snapshotting its replay are one atomic step.
     """
 
-    def __init__(self, ring_size: int, encode: Encoder) -> None:
+    def __init__(self, ring_size: int, encode: Encoder, quotas: Quotas | None = None) -> None:
         self._ring_size = ring_size
         self._encode = encode
+        self._quotas = quotas or Quotas()
         self._lock = threading.Lock()
         self._topics: dict[str, _Topic] = {}
+        self._owned: Counter[str | None] = Counter()  # topics per creator
+        self._connections: Counter[str] = Counter()  # open connections per user
         self._fanout = Fanout()
 
-    def create_topic(self, name: str) -> None:
+    def create_topic(self, name: str, owner: str | None = None) -> None:
+        quotas = self._quotas
         with self._lock:
             if name in self._topics:
                 raise TopicExists(name)
-            self._topics[name] = _Topic(self._ring_size)
+            if quotas.max_topics and len(self._topics) >= quotas.max_topics:
+                raise LimitExceeded(f"the gateway holds its maximum of {quotas.max_topics} topics")
+            if quotas.max_topics_per_user and self._owned[owner] >= quotas.max_topics_per_user:
+                raise LimitExceeded(
+                    f"you already own the maximum of {quotas.max_topics_per_user} topics"
+                )
+            self._topics[name] = _Topic(self._ring_size, owner)
+            self._owned[owner] += 1
 
     def delete_topic(self, name: str) -> None:
         with self._lock:
-            if self._topics.pop(name, None) is None:
+            state = self._topics.pop(name, None)
+            if state is None:
                 raise TopicNotFound(name)
+            self._owned[state.owner] -= 1
+            if not self._owned[state.owner]:
+                del self._owned[state.owner]
             self._fanout.drop_topic(name)
 
     def topics(self) -> list[TopicInfo]:
         with self._lock:
             return [
-                TopicInfo(name, self._fanout.count(name), topic.seq)
+                TopicInfo(name, self._fanout.count(name), topic.seq, topic.owner)
                 for name, topic in sorted(self._topics.items())
             ]
 
     def publish(
-        self, topic: str, message_id: str, payload: Any, idempotency_key: str | None = None
+        self,
+        topic: str,
+        message_id: str,
+        payload: bytes,
+        idempotency_key: str | None = None,
+        publisher: str | None = None,
     ) -> Event:
+        key = None if idempotency_key is None else (publisher, idempotency_key)
         with self._lock:
             state = self._topics.get(topic)
             if state is None:
                 raise TopicNotFound(topic)
             now = time.time()
-            if idempotency_key is not None:
-                first = state.remembered(idempotency_key, now)
+            if key is not None:
+                first = state.remembered(key, now)
                 if first is not None:
+                    first.topic = topic
                     return first
             state.seq += 1
             event = Event(topic, message_id, payload, state.seq, now)
+            # Cannot fail: the payload is JSON already (gateway.protocol.encode_payload).
             event.wire = self._encode(event)
-            state.ring.append(event)
-            if idempotency_key is not None:
-                state.keys[idempotency_key] = (event, now + IDEMPOTENCY_SECONDS)
+            if self._ring_size:
+                state.keep(event, self._ring_size, self._quotas.ring_bytes)
+            if key is not None:
+                state.remember(key, event)
             self._fanout.deliver(event)
             return event
 
@@ -152,3 +207,16 @@ class MemoryBroker(Broker):
     def subscriber_count(self) -> int:
         with self._lock:
             return sum(self._fanout.counts().values())
+
+    def claim_connection(self, user: str, limit: int) -> bool:
+        with self._lock:
+            if limit and self._connections[user] >= limit:
+                return False
+            self._connections[user] += 1
+            return True
+
+    def release_connection(self, user: str) -> None:
+        with self._lock:
+            self._connections[user] -= 1
+            if self._connections[user] <= 0:
+                del self._connections[user]

@@ -8,12 +8,19 @@ connections through the same `Fanout` as the memory broker.
 
 Keys, under a prefix (default `gw`):
   {p}:topics        hash  name -> creation id (its presence is the topic's existence)
+  {p}:owners        hash  name -> id of the user who created it
+  {p}:owned         hash  user id -> topics that user created
   {p}:seq:{name}    int   the topic's last seq (= messages published since creation)
-  {p}:ring:{name}   list  the last RING_BUFFER_SIZE stored messages, "seq:body"
+  {p}:ring:{name}   list  the last stored messages, "seq:body", at most RING_BUFFER_SIZE
+                          of them and RING_BUFFER_BYTES together
+  {p}:ringbytes:{name}  int  the bytes held by the ring
   {p}:chan:{name}   channel the same "seq:body" entries, and "deleted" on deletion
   {p}:workers       zset  worker id -> last heartbeat (unix seconds)
   {p}:subs:{id}     hash  topic -> that worker's local subscriber count (expires)
-  {p}:idem:{name}:{key}  a publish's idempotency key -> "epoch|seq:body" (expires)
+  {p}:conns:{id}    hash  user id -> that worker's open WebSockets and SSE streams (expires)
+  {p}:idem:{n}:{name}:{n}:{user}:{key}  an idempotency key (lengths first, so names with
+                          ':' cannot collide) -> "epoch|seq:head" without payload (expires)
+  {p}:idemkeys:{name}   list  the topic's idempotency keys, oldest first, capped
 """
 
 from __future__ import annotations
@@ -23,15 +30,17 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 from gateway.broker import (
+    IDEMPOTENCY_KEYS_PER_TOPIC,
     IDEMPOTENCY_SECONDS,
     Broker,
     BrokerUnavailable,
     Encoder,
     Event,
     History,
+    LimitExceeded,
+    Quotas,
     Subscriber,
     Subscription,
     TopicExists,
@@ -40,6 +49,7 @@ from gateway.broker import (
     resume,
 )
 from gateway.fanout import Fanout
+from gateway.supervisor import Loop
 
 try:
     import redis
@@ -50,8 +60,8 @@ except ImportError as exc:  # pragma: no cover - redis is in requirements.txt
 
 log = logging.getLogger("gateway.broker")
 
-Packer = Callable[[str, Any, float], bytes]
-Unpacker = Callable[[bytes], tuple[str, Any, float]]
+Packer = Callable[[str, bytes, float], bytes]
+Unpacker = Callable[[bytes], tuple[str, bytes, float]]
 
 _DELETED = b"deleted"
 # Redis connections per worker (the listener holds one), and how long a call waits for one.
@@ -63,10 +73,13 @@ _HEARTBEAT_SECONDS = 5.0
 _SUBSCRIBE_WAIT = 5.0
 _BACKOFF_MAX = 5.0
 
+# KEYS: topics, seq, ring, chan, idem, ringbytes, idemkeys
+# ARGV: name, body, ring size, idempotency ttl ('' = none), ring bytes, keys kept, head
 _PUBLISH = """
 local epoch = redis.call('HGET', KEYS[1], ARGV[1])
 if not epoch then return {-1, ''} end
-if ARGV[4] ~= '' then
+local idem = ARGV[4] ~= ''
+if idem then
   local prev = redis.call('GET', KEYS[5])
   if prev and string.sub(prev, 1, #epoch + 1) == epoch .. '|' then
     return {0, string.sub(prev, #epoch + 2)}
@@ -76,20 +89,65 @@ local seq = redis.call('INCR', KEYS[2])
 local entry = seq .. ':' .. ARGV[2]
 local keep = tonumber(ARGV[3])
 if keep > 0 then
+  local most = tonumber(ARGV[5])
   redis.call('RPUSH', KEYS[3], entry)
-  redis.call('LTRIM', KEYS[3], -keep, -1)
+  local size = redis.call('INCRBY', KEYS[6], #entry)
+  local count = redis.call('LLEN', KEYS[3])
+  while count > 0 and (count > keep or (most > 0 and size > most)) do
+    size = redis.call('DECRBY', KEYS[6], #redis.call('LPOP', KEYS[3]))
+    count = count - 1
+  end
 end
-if ARGV[4] ~= '' then
-  redis.call('SET', KEYS[5], epoch .. '|' .. entry, 'EX', tonumber(ARGV[4]))
+if idem then
+  local ttl = tonumber(ARGV[4])
+  redis.call('SET', KEYS[5], epoch .. '|' .. seq .. ':' .. ARGV[7], 'EX', ttl)
+  redis.call('RPUSH', KEYS[7], KEYS[5])
+  if redis.call('LLEN', KEYS[7]) > tonumber(ARGV[6]) then
+    redis.call('DEL', redis.call('LPOP', KEYS[7]))
+  end
+  redis.call('EXPIRE', KEYS[7], ttl)
 end
 redis.call('PUBLISH', KEYS[4], entry)
 return {seq, entry}
 """
 
+# KEYS: topics, owners, owned, seq, ring, ringbytes; ARGV: name, epoch, owner, max, per user
+_CREATE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
+local most = tonumber(ARGV[4])
+if most > 0 and redis.call('HLEN', KEYS[1]) >= most then return -1 end
+local per_user = tonumber(ARGV[5])
+if per_user > 0 and tonumber(redis.call('HGET', KEYS[3], ARGV[3]) or '0') >= per_user then
+  return -2
+end
+redis.call('DEL', KEYS[4], KEYS[5], KEYS[6])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+return 1
+"""
+
+# KEYS: topics, seq, ring, chan, owners, owned, ringbytes, idemkeys; ARGV: name
 _DELETE = """
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('DEL', KEYS[2], KEYS[3])
+local owner = redis.call('HGET', KEYS[5], ARGV[1])
+if owner then
+  redis.call('HDEL', KEYS[5], ARGV[1])
+  if redis.call('HINCRBY', KEYS[6], owner, -1) <= 0 then redis.call('HDEL', KEYS[6], owner) end
+end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[7], KEYS[8])
 redis.call('PUBLISH', KEYS[4], 'deleted')
+return 1
+"""
+
+# KEYS: this worker's connection counts, then every other live worker's; ARGV: user, limit, ttl
+_CLAIM = """
+local limit = tonumber(ARGV[2])
+local total = 0
+for i = 1, #KEYS do total = total + tonumber(redis.call('HGET', KEYS[i], ARGV[1]) or '0') end
+if total >= limit then return 0 end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 return 1
 """
 
@@ -119,8 +177,10 @@ class RedisBroker(Broker):
         pack: Packer,
         unpack: Unpacker,
         prefix: str = "gw",
+        quotas: Quotas | None = None,
     ) -> None:
         self._ring_size = ring_size
+        self._quotas = quotas or Quotas()
         self._encode = encode
         self._pack = pack
         self._unpack = unpack
@@ -139,7 +199,9 @@ class RedisBroker(Broker):
         )
         self._redis = redis.Redis(connection_pool=pool)
         self._publish_script = self._redis.register_script(_PUBLISH)
+        self._create_script = self._redis.register_script(_CREATE)
         self._delete_script = self._redis.register_script(_DELETE)
+        self._claim_script = self._redis.register_script(_CLAIM)
         self._lock = threading.Lock()
         self._fanout = Fanout()
         # Topics whose channel this worker listens to: set once Redis confirmed it.
@@ -151,8 +213,10 @@ class RedisBroker(Broker):
         self._pubsub = self._redis.pubsub()
         self._own_channel = f"{prefix}:worker:{self._worker}"
         self._wanted: list[str] = []  # topics whose channel the listener should subscribe
-        for target in (self._listen, self._heartbeat):
-            threading.Thread(target=target, name=f"redis-{target.__name__}", daemon=True).start()
+        self._connected = False  # the listener holds a live pub/sub connection
+        self._connections: dict[str, int] = {}  # open connections per user, this worker
+        self._listener = Loop("redis-listener", self._listen, self._stopping).start()
+        self._beat = Loop("redis-heartbeat", self._heartbeat, self._stopping).start()
 
     # Keys ------------------------------------------------------------------------------------
 
@@ -170,11 +234,27 @@ class RedisBroker(Broker):
     # Broker ------------------------------------------------------------------------------------
 
     @_unavailable
-    def create_topic(self, name: str) -> None:
-        if not self._redis.hsetnx(self._topics_key, name, uuid.uuid4().hex):
-            raise TopicExists(name)
+    def create_topic(self, name: str, owner: str | None = None) -> None:
         # A name used before starts from seq 1 (deletion removed these, but be certain).
-        self._redis.delete(self._key("seq", name), self._key("ring", name))
+        keys = [
+            self._topics_key,
+            self._key("owners", ""),
+            self._key("owned", ""),
+            self._key("seq", name),
+            self._key("ring", name),
+            self._key("ringbytes", name),
+        ]
+        quotas = self._quotas
+        args = [name, uuid.uuid4().hex, owner or "", quotas.max_topics, quotas.max_topics_per_user]
+        created = self._create_script(keys=keys, args=args)
+        if created == 0:
+            raise TopicExists(name)
+        if created == -1:
+            raise LimitExceeded(f"the gateway holds its maximum of {quotas.max_topics} topics")
+        if created == -2:
+            raise LimitExceeded(
+                f"you already own the maximum of {quotas.max_topics_per_user} topics"
+            )
 
     @_unavailable
     def delete_topic(self, name: str) -> None:
@@ -183,6 +263,10 @@ class RedisBroker(Broker):
             self._key("seq", name),
             self._key("ring", name),
             self._key("chan", name),
+            self._key("owners", ""),
+            self._key("owned", ""),
+            self._key("ringbytes", name),
+            self._key("idemkeys", name),
         ]
         if not self._delete_script(keys=keys, args=[name]):
             raise TopicNotFound(name)
@@ -195,27 +279,48 @@ class RedisBroker(Broker):
         pipe = self._redis.pipeline(transaction=False)
         for name in names:
             pipe.get(self._key("seq", name))
-        seqs = pipe.execute()
+        pipe.hmget(self._key("owners", ""), names)
+        *seqs, owners = pipe.execute()
         counts = self._cluster_counts()
         return [
-            TopicInfo(name, counts.get(name, 0), int(seq or 0))
-            for name, seq in zip(names, seqs, strict=True)
+            TopicInfo(name, counts.get(name, 0), int(seq or 0), (owner or b"").decode() or None)
+            for name, seq, owner in zip(names, seqs, owners, strict=True)
         ]
 
     @_unavailable
     def publish(
-        self, topic: str, message_id: str, payload: Any, idempotency_key: str | None = None
+        self,
+        topic: str,
+        message_id: str,
+        payload: bytes,
+        idempotency_key: str | None = None,
+        publisher: str | None = None,
     ) -> Event:
+        publisher = publisher or ""
+        idem = f"{len(topic)}:{topic}:{len(publisher)}:{publisher}:{idempotency_key or ''}"
         keys = [
             self._topics_key,
             self._key("seq", topic),
             self._key("ring", topic),
             self._key("chan", topic),
-            self._key("idem", f"{topic}:{idempotency_key or ''}"),
+            self._key("idem", idem),
+            self._key("ringbytes", topic),
+            self._key("idemkeys", topic),
         ]
         body = self._pack(message_id, payload, time.time())
+        # What a duplicate is told: the message without its payload.
+        head = body[: body.index(b"\n") + 1]
         ttl = IDEMPOTENCY_SECONDS if idempotency_key is not None else ""
-        seq, entry = self._publish_script(keys=keys, args=[topic, body, self._ring_size, ttl])
+        args = [
+            topic,
+            body,
+            self._ring_size,
+            ttl,
+            self._quotas.ring_bytes,
+            IDEMPOTENCY_KEYS_PER_TOPIC,
+            head,
+        ]
+        seq, entry = self._publish_script(keys=keys, args=args)
         if seq < 0:
             raise TopicNotFound(topic)
         # Local subscribers get the event from the channel, in seq order with everyone else;
@@ -292,11 +397,50 @@ class RedisBroker(Broker):
     def subscriber_count(self) -> int:
         return sum(self._cluster_counts().values())
 
+    @_unavailable
+    def claim_connection(self, user: str, limit: int) -> bool:
+        if not limit:
+            return True  # not counted: release_connection finds nothing to release
+        others = self._alive_workers() - {self._worker}
+        keys = [self._key("conns", w) for w in (self._worker, *sorted(others))]
+        if not self._claim_script(keys=keys, args=[user, limit, int(WORKER_TTL * 2)]):
+            return False
+        with self._lock:
+            self._connections[user] = self._connections.get(user, 0) + 1
+        return True
+
+    def release_connection(self, user: str) -> None:
+        with self._lock:
+            left = self._connections.get(user, 0) - 1
+            if left < 0:
+                return
+            if left:
+                self._connections[user] = left
+            else:
+                del self._connections[user]
+        try:
+            self._redis.hincrby(self._key("conns", self._worker), user, -1)
+        except redis.RedisError as exc:
+            self._counts_stale = True  # the heartbeat rewrites the map from the local truth
+            log.warning("redis_count_failed what=connections error=%s", exc)
+
+    def problems(self) -> dict[str, str]:
+        found = {}
+        try:
+            self._redis.ping()
+        except redis.RedisError as exc:
+            found["broker"] = f"redis unreachable: {exc}"
+        if not self._listener.running:
+            found["listener"] = "the Redis listener stopped and is being restarted"
+        elif not self._connected:
+            found["listener"] = "the Redis listener is reconnecting"
+        return found
+
     def close(self) -> None:
         self._stopping.set()
         try:
             self._redis.zrem(self._workers_key, self._worker)
-            self._redis.delete(self._key("subs", self._worker))
+            self._redis.delete(self._key("subs", self._worker), self._key("conns", self._worker))
         except redis.RedisError:
             pass
         self._pubsub.close()
@@ -312,10 +456,13 @@ class RedisBroker(Broker):
             self._counts_stale = True
             log.warning("redis_count_failed topic=%s error=%s", topic, exc)
 
-    def _cluster_counts(self) -> dict[str, int]:
+    def _alive_workers(self) -> set[str]:
         alive = self._redis.zrangebyscore(self._workers_key, time.time() - WORKER_TTL, "+inf")
+        return {w.decode() for w in alive} | {self._worker}
+
+    def _cluster_counts(self) -> dict[str, int]:
         pipe = self._redis.pipeline(transaction=False)
-        for worker in {w.decode() for w in alive} | {self._worker}:
+        for worker in self._alive_workers():
             pipe.hgetall(self._key("subs", worker))
         totals: dict[str, int] = {}
         for counts in pipe.execute():
@@ -332,6 +479,7 @@ class RedisBroker(Broker):
         racing a concurrent increment could count one subscriber twice for a beat.
         """
         key = self._key("subs", self._worker)
+        conns_key = self._key("conns", self._worker)
         while not self._stopping.is_set():
             now = time.time()
             try:
@@ -340,10 +488,14 @@ class RedisBroker(Broker):
                     self._counts_stale = False
                     with self._lock:
                         counts = self._fanout.counts()
-                    pipe.delete(key)
+                        connections = dict(self._connections)
+                    pipe.delete(key, conns_key)
                     if counts:
                         pipe.hset(key, mapping=counts)
+                    if connections:
+                        pipe.hset(conns_key, mapping=connections)
                 pipe.expire(key, int(WORKER_TTL * 2))
+                pipe.expire(conns_key, int(WORKER_TTL * 2))
                 pipe.zadd(self._workers_key, {self._worker: now})
                 pipe.zremrangebyscore(self._workers_key, "-inf", now - WORKER_TTL)
                 pipe.execute()
@@ -383,8 +535,10 @@ class RedisBroker(Broker):
                     # always has something to block on, and Redis may be down at start-up.
                     self._pubsub.subscribe(self._own_channel)
                 self._subscribe_wanted()
+                self._connected = True
                 message = self._pubsub.get_message(timeout=1.0)
             except Exception as exc:
+                self._connected = False
                 if self._stopping.is_set():
                     return  # close() shut the connection under us
                 if not isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
@@ -408,6 +562,9 @@ class RedisBroker(Broker):
                     self._on_message(topic, message["data"])
             except redis.RedisError as exc:
                 log.warning("redis_listener_failed topic=%s error=%s", topic, exc)
+            except Exception:
+                # One bad entry must not silence the worker: log it and go on with the next.
+                log.exception("redis_listener_bad_message topic=%s", topic)
 
     def _subscribe_wanted(self) -> None:
         with self._lock:

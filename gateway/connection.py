@@ -58,7 +58,14 @@ class Connection:
         self.outbox = Outbox(
             sock, self.conn_id, settings.subscriber_queue_size, settings.write_timeout_seconds
         )
-        self.session = Session(self.conn_id, user_id, broker, self.outbox)
+        self.session = Session(
+            self.conn_id,
+            user_id,
+            broker,
+            self.outbox,
+            max_json_depth=settings.max_json_depth,
+            max_subscriptions=settings.max_subscriptions_per_connection,
+        )
         self.reader = FrameReader(
             protocol, self.outbox, self.session.handle, settings.max_message_bytes
         )
@@ -157,6 +164,8 @@ class Connection:
             self.session.close()
             self.outbox.finish(self._finish_timeout)
         finally:
+            # Counted by the upgrade (MAX_CONNECTIONS_PER_USER), released here, once.
+            self.session.release_connection()
             if close_socket:
                 self.sock.close()
             self._hub.remove(self.session)

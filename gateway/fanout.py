@@ -7,7 +7,11 @@ listener as events arrive from Redis. Not thread-safe by itself: callers hold th
 
 from __future__ import annotations
 
+import logging
+
 from gateway.broker import Event, Subscriber
+
+log = logging.getLogger("gateway.broker")
 
 
 class Fanout:
@@ -71,7 +75,11 @@ class Fanout:
             seq = event.seq
             for subscriber, floor in subscribers.items():
                 if seq > floor:
-                    subscriber.deliver(event)
+                    try:
+                        subscriber.deliver(event)
+                    except Exception:
+                        # A fault in one subscriber must not cost the others their event.
+                        log.exception("deliver_failed topic=%s seq=%d", event.topic, seq)
 
     def count(self, topic: str) -> int:
         """Return the number of local subscribers of a topic."""

@@ -9,6 +9,7 @@ import time
 from gateway import protocol, wsframes
 from gateway.session import Session
 from gateway.sse import SseStream
+from gateway.supervisor import Loop
 
 log = logging.getLogger("gateway.ws")
 
@@ -30,7 +31,7 @@ class Hub:
         self._sessions: set[Session] = set()
         self._streams: set[SseStream] = set()
         self._stopping = threading.Event()
-        self._heartbeat: threading.Thread | None = None
+        self._heartbeat: Loop | None = None
         self.shutting_down = False
         # Most WebSockets and SSE streams at once; None is no limit of ours. Under gunicorn
         # it is worker_connections (gunicorn.conf.py): a WebSocket leaves gunicorn's pool
@@ -48,8 +49,7 @@ class Hub:
                 session.outbox.close(1001, "server shutdown", wsframes.text(protocol.shutdown()))
                 return
             if self._heartbeat is None and self._heartbeat_interval > 0:
-                self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
-                self._heartbeat.start()
+                self._heartbeat = Loop("heartbeat", self._beat, self._stopping).start()
 
     def remove(self, session: Session) -> None:
         """Forget a session whose socket has closed."""
@@ -77,6 +77,19 @@ class Hub:
         """Tell whether another connection would exceed `capacity`."""
         return self.capacity is not None and self.count() >= self.capacity
 
+    def problems(self) -> dict[str, str]:
+        """Return what keeps this worker from taking new connections, by check name."""
+        found = {}
+        if self.shutting_down:
+            found["draining"] = "the server is shutting down"
+        if (
+            self._heartbeat is not None
+            and not self._heartbeat.running
+            and not self._stopping.is_set()
+        ):
+            found["heartbeat"] = "the heartbeat loop stopped and is being restarted"
+        return found
+
     def _snapshot(self) -> list[Session]:
         with self._lock:
             return list(self._sessions)
@@ -93,11 +106,15 @@ class Hub:
             frame = wsframes.text(protocol.heartbeat()) + wsframes.PING
             silent_since = time.monotonic() - 2 * interval
             for index, session in enumerate(self._snapshot(), 1):
-                if session.outbox.last_heard < silent_since:
-                    log.info("ws_ping_timeout conn=%s", session.conn_id)
-                    session.outbox.close(1008, "ping timeout")
-                else:
-                    session.outbox.push(frame)
+                try:
+                    if session.outbox.last_heard < silent_since:
+                        log.info("ws_ping_timeout conn=%s", session.conn_id)
+                        session.outbox.close(1008, "ping timeout")
+                    else:
+                        session.outbox.push(frame)
+                except Exception:
+                    # One connection's fault must not stop everyone's heartbeat.
+                    log.exception("heartbeat_failed conn=%s", session.conn_id)
                 if index % _BEAT_SLICE == 0:
                     # Thousands of heartbeats at once would hold the event loop for tens of
                     # milliseconds; a short sleep (not sleep(0), which polls no I/O) lets

@@ -101,21 +101,25 @@ class Outbox:
         with self._lock:
             if self._state is not OPEN:
                 return
-            if len(self._frames) - self._events >= self._control_limit:
-                log.warning("slow_consumer conn=%s reason=unread_replies", self.conn_id)
-                error = protocol.error(protocol.SLOW_CONSUMER, "too many unread replies")
-                self._queue_close(wsframes.text(error), 4008, "slow consumer")
-            else:
-                self._frames.append((None, 0, frame))
+            self._push_control(frame)
             flush = self._claim_flush()
         self._start_flush(flush)
 
-    def push_raw(self, data: bytes) -> None:
-        """Queue protocol bytes from the WebSocket library (pong, close reply)."""
+    def push_raw(self, data: bytes, closing: bool = False) -> None:
+        """Queue protocol bytes from the WebSocket library (a pong, or the close reply).
+
+        Pongs count against the same bound as our own replies; the close reply
+        (`closing`) is let through while the outbox closes.
+        """
         with self._lock:
             if self._close_queued or self._state is CLOSED:
                 return
-            self._frames.append((None, 0, data))
+            if closing:
+                self._frames.append((None, 0, data))
+            elif self._state is OPEN:
+                self._push_control(data)
+            else:
+                return
             flush = self._claim_flush()
         self._start_flush(flush)
 
@@ -185,6 +189,15 @@ class Outbox:
             return _NOW
         self._flush_scheduled = True
         return _SOON
+
+    def _push_control(self, frame: bytes) -> None:
+        """Queue a reply, or close a client that lets too many go unread (lock held)."""
+        if len(self._frames) - self._events >= self._control_limit:
+            log.warning("slow_consumer conn=%s reason=unread_replies", self.conn_id)
+            error = protocol.error(protocol.SLOW_CONSUMER, "too many unread replies")
+            self._queue_close(wsframes.text(error), 4008, "slow consumer")
+        else:
+            self._frames.append((None, 0, frame))
 
     def _queue_close(self, notice: bytes | None, code: int, reason: str) -> None:
         if notice is not None:
@@ -274,6 +287,15 @@ class Outbox:
         except OSError as exc:
             with self._lock:
                 self._gone(exc)
+        except Exception:
+            # A writer must never die holding the socket: that would stall the connection
+            # for good. Log, cut the connection, and let the reader end it.
+            log.exception("writer_failed conn=%s", self.conn_id)
+            with self._lock:
+                self._state = CLOSED
+                self._frames.clear()
+                self._writer = None
+            self._cut()
 
     def _send(self, data: bytes, timeout: float | None = None) -> None:
         """Write all of `data`, failing with WriteTimeout if no byte goes out for `timeout`."""

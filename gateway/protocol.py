@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from gateway import jsondoc
 from gateway.broker import Event
 
 BAD_REQUEST = "BAD_REQUEST"
@@ -20,6 +21,8 @@ TOPIC_NOT_FOUND = "TOPIC_NOT_FOUND"
 SLOW_CONSUMER = "SLOW_CONSUMER"
 UNAUTHORIZED = "UNAUTHORIZED"
 INTERNAL = "INTERNAL"
+RATE_LIMITED = "RATE_LIMITED"
+LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
 
 
 class ProtocolError(Exception):
@@ -52,7 +55,7 @@ class Unsubscribe:
 class Publish:
     topic: str
     message_id: str
-    payload: Any
+    payload: bytes  # the payload's JSON, encoded once here (see gateway.broker.Event)
     request_id: str | None
 
 
@@ -64,14 +67,17 @@ class Ping:
 Command = Subscribe | Unsubscribe | Publish | Ping
 
 
-def decode(data: str | bytes) -> Command:
-    """Parse one client frame into a command, or raise ProtocolError(BAD_REQUEST)."""
+def decode(data: str | bytes, max_depth: int = 32) -> Command:
+    """Parse one client frame into a command, or raise ProtocolError(BAD_REQUEST).
+
+    A frame nested deeper than `max_depth` (MAX_JSON_DEPTH) is refused whole.
+    """
     if not isinstance(data, str):
         raise ProtocolError(BAD_REQUEST, "binary frames are not supported; send JSON text")
     try:
-        frame = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise ProtocolError(BAD_REQUEST, f"invalid JSON: {exc}") from None
+        frame = jsondoc.loads(data, max_depth)
+    except jsondoc.JsonError as exc:
+        raise ProtocolError(BAD_REQUEST, str(exc)) from None
     if not isinstance(frame, dict):
         raise ProtocolError(BAD_REQUEST, "a frame must be a JSON object")
     request_id = frame.get("request_id")
@@ -111,7 +117,7 @@ def _command(frame: dict, request_id: str | None) -> Command:
         raise ProtocolError(BAD_REQUEST, "message.id must be a non-empty string")
     if "payload" not in message:
         raise ProtocolError(BAD_REQUEST, "message.payload is required (null is allowed)")
-    return Publish(topic, message_id, message["payload"], request_id)
+    return Publish(topic, message_id, encode_payload(message["payload"]), request_id)
 
 
 def _subscribe(frame: dict, topic: str, request_id: str | None) -> Subscribe:
@@ -126,6 +132,15 @@ def _subscribe(frame: dict, topic: str, request_id: str | None) -> Subscribe:
     if epoch is not None and not isinstance(epoch, str):
         raise ProtocolError(BAD_REQUEST, "epoch must be a string")
     return Subscribe(topic, last_n or 0, request_id, frame.get("client_id"), since_seq, epoch)
+
+
+def encode_payload(payload: Any) -> bytes:
+    """Encode a published payload once, before it is given a seq.
+
+    It cannot fail for what `jsondoc.loads` accepted, so a publish that got its seq is
+    never lost to an encoding error later.
+    """
+    return orjson.dumps(payload)
 
 
 def iso(timestamp: float) -> str:
@@ -175,7 +190,7 @@ def message(item: Event) -> dict:
     """Return a published message's shape: an event's `message`, an HTTP history item."""
     return {
         "id": item.id,
-        "payload": item.payload,
+        "payload": orjson.Fragment(item.payload),
         "topic": item.topic,
         "timestamp": iso(item.timestamp),
         "seq": item.seq,
@@ -219,12 +234,17 @@ def shutdown() -> bytes:
     return _frame({"type": "info", "msg": "shutdown"})
 
 
-def pack_message(message_id: str, payload: Any, timestamp: float) -> bytes:
-    """Serialise a published message for a broker's shared storage (not a wire frame)."""
-    return orjson.dumps({"id": message_id, "payload": payload, "timestamp": timestamp})
+def pack_message(message_id: str, payload: bytes, timestamp: float) -> bytes:
+    """Serialise a published message for a broker's shared storage (not a wire frame).
+
+    `[id, timestamp]` as JSON, a newline, then the payload's JSON as it was encoded: a
+    JSON text has no raw newline, and reading it back never parses the payload.
+    """
+    return orjson.dumps([message_id, timestamp]) + b"\n" + payload
 
 
-def unpack_message(data: bytes) -> tuple[str, Any, float]:
-    """Read back what `pack_message` wrote: (id, payload, timestamp)."""
-    message = orjson.loads(data)
-    return message["id"], message["payload"], message["timestamp"]
+def unpack_message(data: bytes) -> tuple[str, bytes, float]:
+    """Read back what `pack_message` wrote: (id, payload JSON, timestamp)."""
+    head, _, payload = data.partition(b"\n")
+    message_id, timestamp = orjson.loads(head)
+    return message_id, payload, timestamp

@@ -26,6 +26,9 @@ from gateway.outbox import Outbox
 log = logging.getLogger("gateway.ws")
 
 RECV_BYTES = 16384
+# Frames one message may be split into: empty continuation frames cost the reader a list
+# entry each while counting 0 bytes against the size limit (README "Limits").
+MAX_FRAGMENTS = 1024
 
 
 class NoReaderThread:
@@ -43,8 +46,9 @@ class NoReaderThread:
 class FrameReader:
     """Feeds each complete client message to `handle`; answers pings and the close frame.
 
-    A message over `limit` bytes closes the connection with 1009; messages that arrive
-    while the outbox is closing are read and discarded until the client's close frame.
+    A message over `limit` bytes, or in more than MAX_FRAGMENTS frames, closes the
+    connection with 1009; messages that arrive while the outbox is closing are read and
+    discarded until the client's close frame.
     """
 
     __slots__ = ("_protocol", "_outbox", "_handle", "_limit", "_parts", "_size", "close_code")
@@ -73,14 +77,15 @@ class FrameReader:
         for event in self._protocol.events():
             if isinstance(event, TextMessage | BytesMessage):
                 chunk = event.data
+                parts = self._parts
                 self._size += _byte_length(chunk)
-                if self._size > self._limit:
+                if self._size > self._limit or len(parts) >= MAX_FRAGMENTS:
                     if outbox.is_open:
-                        log.info("ws_rejected conn=%s reason=message_too_big", outbox.conn_id)
+                        reason = "message_too_big" if self._size > self._limit else "fragments"
+                        log.info("ws_rejected conn=%s reason=%s", outbox.conn_id, reason)
                         outbox.close(1009, "message too big")
                     self._parts, self._size = [], 0
                     continue
-                parts = self._parts
                 parts.append(chunk)
                 if event.message_finished:
                     message = parts[0] if len(parts) == 1 else type(chunk)().join(parts)
@@ -90,7 +95,7 @@ class FrameReader:
             elif isinstance(event, Ping):
                 self._reply(event.response())
             elif isinstance(event, CloseConnection):
-                self._reply(event.response())
+                self._reply(event.response(), closing=True)
                 outbox.peer_closed()
                 self.close_code = event.code
                 return True
@@ -100,10 +105,10 @@ class FrameReader:
         """Record that the socket ended without a close frame."""
         self._outbox.peer_closed()
 
-    def _reply(self, event) -> None:
+    def _reply(self, event, closing: bool = False) -> None:
         # A close reply after our own close is refused by wsproto: nothing more to say then.
         with contextlib.suppress(LocalProtocolError):
-            self._outbox.push_raw(self._protocol.send(event))
+            self._outbox.push_raw(self._protocol.send(event), closing)
 
 
 def read_frames(sock, reader: FrameReader) -> int | None:

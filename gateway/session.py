@@ -22,11 +22,24 @@ log = logging.getLogger("gateway.ws")
 class Session:
     """The command handler and Subscriber of one WebSocket connection."""
 
-    def __init__(self, conn_id: str, user_id: str, broker: Broker, outbox: Outbox) -> None:
+    def __init__(
+        self,
+        conn_id: str,
+        user_id: str,
+        broker: Broker,
+        outbox: Outbox,
+        max_json_depth: int = 32,
+        max_subscriptions: int = 0,
+    ) -> None:
         self.conn_id = conn_id
         self.user_id = user_id
         self.outbox = outbox
         self._broker = broker
+        self._max_json_depth = max_json_depth
+        self._max_subscriptions = max_subscriptions  # 0: no limit
+        # Topics this connection follows (their count is what MAX_SUBSCRIPTIONS_PER_CONNECTION
+        # bounds); a deleted topic leaves it through `topic_deleted`.
+        self._topics: set[str] = set()
         self._lock = threading.Lock()
         # Topics whose subscribe is in flight: live events wait here until the ack and the
         # replay are queued, so that they follow the replay with no gap and no duplicate.
@@ -46,6 +59,7 @@ class Session:
 
     def topic_deleted(self, topic: str) -> None:
         """Tell the client that a topic it subscribed to is gone."""
+        self._topics.discard(topic)
         self.outbox.push(wsframes.text(protocol.topic_deleted(topic)))
 
     # Commands ------------------------------------------------------------------------
@@ -53,7 +67,7 @@ class Session:
     def handle(self, data: str | bytes) -> None:
         """Serve one client frame; protocol mistakes become `error` frames."""
         try:
-            command = protocol.decode(data)
+            command = protocol.decode(data, self._max_json_depth)
             try:
                 self._dispatch(command)
             except BrokerUnavailable as exc:
@@ -77,6 +91,13 @@ class Session:
         """Drop every subscription of this connection."""
         self._broker.unsubscribe_all(self)
 
+    def release_connection(self) -> None:
+        """Stop counting this connection against its user's MAX_CONNECTIONS_PER_USER."""
+        try:
+            self._broker.release_connection(self.user_id)
+        except Exception:  # noqa: BLE001 - the broker repairs its counts itself
+            log.warning("release_connection_failed conn=%s", self.conn_id, exc_info=True)
+
     def _dispatch(self, command: protocol.Command) -> None:
         if isinstance(command, protocol.Publish):
             self._publish(command)
@@ -89,13 +110,22 @@ class Session:
 
     def _publish(self, command: protocol.Publish) -> None:
         try:
-            event = self._broker.publish(command.topic, command.message_id, command.payload)
+            event = self._broker.publish(
+                command.topic, command.message_id, command.payload, publisher=self.user_id
+            )
         except TopicNotFound:
             raise _not_found(command.topic, command.request_id) from None
         self._reply(protocol.ack(command.topic, command.request_id, event.seq))
 
     def _subscribe(self, command: protocol.Subscribe) -> None:
         topic = command.topic
+        limit = self._max_subscriptions
+        if limit and topic not in self._topics and len(self._topics) >= limit:
+            raise ProtocolError(
+                protocol.LIMIT_EXCEEDED,
+                f"this connection already follows the maximum of {limit} topics",
+                command.request_id,
+            )
         with self._lock:
             self._held[topic] = []
         try:
@@ -108,6 +138,7 @@ class Session:
             if isinstance(exc, TopicNotFound):
                 raise _not_found(topic, command.request_id) from None
             raise
+        self._topics.add(topic)
         with self._lock:
             held = self._held[topic]
             extra = {"epoch": subscription.epoch}
@@ -134,6 +165,7 @@ class Session:
     def _unsubscribe(self, command: protocol.Unsubscribe) -> None:
         try:
             self._broker.unsubscribe(command.topic, self)
+            self._topics.discard(command.topic)
         except TopicNotFound:
             raise _not_found(command.topic, command.request_id) from None
         self._reply(protocol.ack(command.topic, command.request_id))

@@ -97,6 +97,10 @@ class UserStore(ABC):
             return None
         return found[0]
 
+    def ping(self) -> None:
+        """Make one round trip to the database; raise if it cannot be reached."""
+        self.get("")  # no account has an empty id: a cheap query that always runs
+
     @abstractmethod
     def get(self, user_id: str) -> User | None:
         """Return the user with this id, or None."""

@@ -48,7 +48,7 @@ class WireSocket:
         if self._outbox is None:
             self.sock.sendall(data)
         else:
-            self._outbox.push_raw(data)
+            self._outbox.push_raw(data, closing=True)
         return len(data)
 
 

@@ -6,10 +6,19 @@ import threading
 import time
 
 import pytest
+from orjson import dumps as enc
+from orjson import loads
 from redis_server import RedisServer
 
 from gateway import protocol
-from gateway.broker import Event, TopicExists, TopicNotFound
+from gateway.broker import (
+    IDEMPOTENCY_KEYS_PER_TOPIC,
+    Event,
+    LimitExceeded,
+    Quotas,
+    TopicExists,
+    TopicNotFound,
+)
 from gateway.broker_memory import MemoryBroker
 
 
@@ -58,9 +67,10 @@ def redis_server(tmp_path_factory):
 def make_broker(request):
     made = []
 
-    def make(ring_size: int = 5):
+    def make(ring_size: int = 5, **quotas):
+        quotas = Quotas(**quotas)
         if request.param == "memory":
-            broker = MemoryBroker(ring_size, encode)
+            broker = MemoryBroker(ring_size, encode, quotas)
         else:
             from gateway.broker_redis import RedisBroker
 
@@ -73,6 +83,7 @@ def make_broker(request):
                 protocol.pack_message,
                 protocol.unpack_message,
                 prefix=prefix,
+                quotas=quotas,
             )
             broker.prefix = prefix
         made.append(broker)
@@ -90,11 +101,11 @@ def test_fan_out_in_seq_order_exactly_once(make_broker):
     for s in subscribers:
         broker.subscribe("t", s)
     for i in range(20):
-        assert broker.publish("t", f"m{i}", {"i": i}).seq == i + 1
+        assert broker.publish("t", f"m{i}", enc({"i": i})).seq == i + 1
     for s in subscribers:
         s.wait(lambda r: len(r.events) >= 20)
         assert s.seqs() == list(range(1, 21))
-        assert [e.payload for e in s.events] == [{"i": i} for i in range(20)]
+        assert [loads(e.payload) for e in s.events] == [{"i": i} for i in range(20)]
         assert all(e.wire == f"t:{e.seq}".encode() for e in s.events)
 
 
@@ -105,8 +116,8 @@ def test_topics_are_isolated(make_broker):
     on_a, on_b = Recorder(), Recorder()
     broker.subscribe("a", on_a)
     broker.subscribe("b", on_b)
-    broker.publish("a", "1", None)
-    broker.publish("b", "2", None)
+    broker.publish("a", "1", enc(None))
+    broker.publish("b", "2", enc(None))
     on_a.wait(lambda r: len(r.events) == 1)
     on_b.wait(lambda r: len(r.events) == 1)
     assert on_a.events[0].topic == "a" and on_b.events[0].topic == "b"
@@ -116,14 +127,14 @@ def test_replay_then_live_without_gap_or_duplicate(make_broker):
     broker = make_broker(ring_size=5)
     broker.create_topic("t")
     for i in range(8):
-        broker.publish("t", str(i), i)
+        broker.publish("t", str(i), enc(i))
     late = Recorder()
     subscription = broker.subscribe("t", late, last_n=3)
     assert [e.seq for e in subscription.replay] == [6, 7, 8]
-    assert [e.payload for e in subscription.replay] == [5, 6, 7]
+    assert [loads(e.payload) for e in subscription.replay] == [5, 6, 7]
     assert subscription.seq == 8
     assert [e.seq for e in broker.subscribe("t", Recorder(), last_n=50).replay] == [4, 5, 6, 7, 8]
-    broker.publish("t", "x", None)
+    broker.publish("t", "x", enc(None))
     late.wait(lambda r: len(r.events) >= 1)
     time.sleep(0.2)  # give a late duplicate the chance to show up
     assert late.seqs() == [9]
@@ -137,7 +148,7 @@ def test_subscribe_during_publishing_seam(make_broker):
     def publisher():
         deadline = time.monotonic() + 10
         while not stop.is_set() and time.monotonic() < deadline:
-            broker.publish("t", "m", None)
+            broker.publish("t", "m", enc(None))
             time.sleep(0.0005)
 
     thread = threading.Thread(target=publisher)
@@ -160,12 +171,12 @@ def test_subscribe_during_publishing_seam(make_broker):
 def test_double_subscribe_is_one_subscription(make_broker):
     broker = make_broker()
     broker.create_topic("t")
-    broker.publish("t", "1", None)
+    broker.publish("t", "1", enc(None))
     s = Recorder()
     assert len(broker.subscribe("t", s, last_n=5).replay) == 1
     assert broker.subscribe("t", s, last_n=5).replay == []
     assert broker.subscriber_count() == 1
-    broker.publish("t", "2", None)
+    broker.publish("t", "2", enc(None))
     s.wait(lambda r: len(r.events) == 1)
     time.sleep(0.1)
     assert s.seqs() == [2]
@@ -174,7 +185,7 @@ def test_double_subscribe_is_one_subscription(make_broker):
 def test_unknown_topics_and_duplicates(make_broker):
     broker = make_broker()
     for call in (
-        lambda: broker.publish("nope", "1", None),
+        lambda: broker.publish("nope", "1", enc(None)),
         lambda: broker.subscribe("nope", Recorder()),
         lambda: broker.unsubscribe("nope", Recorder()),
         lambda: broker.delete_topic("nope"),
@@ -201,7 +212,7 @@ def test_unsubscribe_and_counts(make_broker):
     assert broker.subscriber_count() == 2
     broker.unsubscribe_all(s)
     assert {t.name: t.subscribers for t in broker.topics()} == {"a": 1, "b": 0}
-    broker.publish("a", "1", None)
+    broker.publish("a", "1", enc(None))
     other.wait(lambda r: len(r.events) == 1)
     assert s.events == []
 
@@ -211,24 +222,24 @@ def test_delete_notifies_and_recreate_starts_fresh(make_broker):
     broker.create_topic("t")
     s = Recorder()
     broker.subscribe("t", s)
-    broker.publish("t", "1", None)
+    broker.publish("t", "1", enc(None))
     broker.delete_topic("t")
     s.wait(lambda r: r.deleted == ["t"])
     assert broker.subscriber_count() == 0
     with pytest.raises(TopicNotFound):
-        broker.publish("t", "2", None)
+        broker.publish("t", "2", enc(None))
     broker.create_topic("t")
     (info,) = broker.topics()
     assert (info.messages, info.subscribers) == (0, 0)
     assert broker.subscribe("t", Recorder(), last_n=10).replay == []
-    assert broker.publish("t", "3", None).seq == 1
+    assert broker.publish("t", "3", enc(None)).seq == 1
 
 
 def test_message_count_is_not_capped_by_the_ring(make_broker):
     broker = make_broker(ring_size=3)
     broker.create_topic("t")
     for i in range(7):
-        broker.publish("t", str(i), None)
+        broker.publish("t", str(i), enc(None))
     assert broker.topics()[0].messages == 7
 
 
@@ -237,7 +248,7 @@ def test_resume_since_seq_recovers_exactly_what_was_missed(make_broker):
     broker.create_topic("t")
     first = broker.subscribe("t", Recorder())
     for i in range(15):
-        broker.publish("t", str(i), i)
+        broker.publish("t", str(i), enc(i))
     s = Recorder()
     resumed = broker.subscribe("t", s, since_seq=5, epoch=first.epoch)
     assert resumed.recovered is True
@@ -252,7 +263,7 @@ def test_resume_beyond_the_ring_is_not_recovered(make_broker):
     broker.create_topic("t")
     epoch = broker.subscribe("t", Recorder()).epoch
     for i in range(12):
-        broker.publish("t", str(i), i)
+        broker.publish("t", str(i), enc(i))
     resumed = broker.subscribe("t", Recorder(), since_seq=2, epoch=epoch)
     assert resumed.recovered is False
     assert [e.seq for e in resumed.replay] == [8, 9, 10, 11, 12]
@@ -263,10 +274,10 @@ def test_a_recreated_topic_is_a_new_epoch(make_broker):
     broker.create_topic("t")
     old = broker.subscribe("t", Recorder()).epoch
     for i in range(3):
-        broker.publish("t", str(i), i)
+        broker.publish("t", str(i), enc(i))
     broker.delete_topic("t")
     broker.create_topic("t")
-    broker.publish("t", "new", None)
+    broker.publish("t", "new", enc(None))
     resumed = broker.subscribe("t", Recorder(), since_seq=3, epoch=old)
     assert resumed.epoch != old
     assert resumed.recovered is False
@@ -277,10 +288,10 @@ def test_history_since_seq_with_limit(make_broker):
     broker = make_broker(ring_size=10)
     broker.create_topic("t")
     for i in range(14):
-        broker.publish("t", f"m{i}", {"i": i})
+        broker.publish("t", f"m{i}", enc({"i": i}))
     page = broker.history("t", since_seq=6, limit=3)
     assert [e.seq for e in page.events] == [7, 8, 9]
-    assert [e.payload for e in page.events] == [{"i": 6}, {"i": 7}, {"i": 8}]
+    assert [loads(e.payload) for e in page.events] == [{"i": 6}, {"i": 7}, {"i": 8}]
     assert (page.seq, page.complete) == (14, True)
     assert broker.history("t", since_seq=0).complete is False  # seqs 1-4 left the ring
     assert [e.seq for e in broker.history("t").events] == list(range(5, 15))
@@ -293,15 +304,94 @@ def test_idempotent_publish_delivers_once_and_returns_the_first_result(make_brok
     broker.create_topic("t")
     s = Recorder()
     broker.subscribe("t", s)
-    first = broker.publish("t", "m1", {"v": 1}, idempotency_key="k1")
-    again = broker.publish("t", "m1-retry", {"v": 2}, idempotency_key="k1")
-    other = broker.publish("t", "m2", {"v": 3}, idempotency_key="k2")
-    assert (again.seq, again.id, again.payload) == (first.seq, "m1", {"v": 1})
+    first = broker.publish("t", "m1", enc({"v": 1}), idempotency_key="k1")
+    again = broker.publish("t", "m1-retry", enc({"v": 2}), idempotency_key="k1")
+    other = broker.publish("t", "m2", enc({"v": 3}), idempotency_key="k2")
+    # A duplicate is told the first publish's id, seq and time; nothing is kept of its body.
+    assert (again.seq, again.id, again.timestamp) == (first.seq, "m1", first.timestamp)
     assert other.seq == first.seq + 1
     s.wait(lambda r: len(r.events) == 2)
     time.sleep(0.1)
     assert s.seqs() == [1, 2]
     broker.delete_topic("t")
     broker.create_topic("t")
-    fresh = broker.publish("t", "m3", None, idempotency_key="k1")  # a new stream: new key space
+    # A new stream: a new key space.
+    fresh = broker.publish("t", "m3", enc(None), idempotency_key="k1")
     assert (fresh.seq, fresh.id) == (1, "m3")
+
+
+def test_idempotency_keys_belong_to_one_publisher(make_broker):
+    # One user cannot squat another's key: the same key from two publishers is two messages.
+    broker = make_broker()
+    broker.create_topic("t")
+    mine = broker.publish("t", "a", enc(1), idempotency_key="k", publisher="alice")
+    theirs = broker.publish("t", "b", enc(2), idempotency_key="k", publisher="mallory")
+    again = broker.publish("t", "a2", enc(1), idempotency_key="k", publisher="alice")
+    assert (mine.seq, theirs.seq, again.seq) == (1, 2, 1)
+
+
+def test_idempotency_keys_do_not_collide_across_topic_names_with_colons(make_broker):
+    # "a:b" + key "c" and "a" + key "b:c" once shared one Redis key.
+    broker = make_broker()
+    broker.create_topic("a:b")
+    broker.create_topic("a")
+    assert broker.publish("a:b", "1", enc(1), idempotency_key="c").seq == 1
+    assert broker.publish("a", "1", enc(1), idempotency_key="b:c").seq == 1
+    assert broker.publish("a", "2", enc(2), idempotency_key="b:c").seq == 1
+
+
+def test_idempotency_keys_are_capped_per_topic(make_broker):
+    broker = make_broker()
+    broker.create_topic("t")
+    for i in range(IDEMPOTENCY_KEYS_PER_TOPIC + 1):
+        broker.publish("t", str(i), enc(i), idempotency_key=f"k{i}")
+    seq = IDEMPOTENCY_KEYS_PER_TOPIC + 1
+    # The newest key is remembered; the oldest was forgotten to make room.
+    assert broker.publish("t", "x", enc(0), idempotency_key=f"k{seq - 1}").seq == seq
+    assert broker.publish("t", "x", enc(0), idempotency_key="k0").seq == seq + 1
+
+
+def test_history_holds_at_most_ring_bytes_oldest_out_first(make_broker):
+    broker = make_broker(ring_size=100, ring_bytes=4096)
+    broker.create_topic("t")
+    big = enc("x" * 1000)
+    for i in range(10):
+        broker.publish("t", str(i), big)
+    kept = broker.history("t").events
+    assert 2 <= len(kept) <= 4, [e.seq for e in kept]
+    # What stays is the newest, and contiguous: resume logic relies on it.
+    assert [e.seq for e in kept] == list(range(11 - len(kept), 11))
+    # A message larger than the budget empties the history rather than leaving a hole.
+    broker.publish("t", "huge", enc("y" * 5000))
+    assert broker.history("t").events == []
+    assert broker.history("t", since_seq=9).complete is False
+    broker.publish("t", "after", enc(1))
+    assert [e.seq for e in broker.history("t").events] == [12]
+
+
+def test_topic_quotas(make_broker):
+    broker = make_broker(max_topics=3, max_topics_per_user=2)
+    broker.create_topic("a1", owner="alice")
+    broker.create_topic("a2", owner="alice")
+    with pytest.raises(LimitExceeded, match="2 topics"):
+        broker.create_topic("a3", owner="alice")
+    broker.create_topic("b1", owner="bob")
+    with pytest.raises(LimitExceeded, match="3 topics"):
+        broker.create_topic("b2", owner="bob")
+    # Deleting frees both quotas; the creator is recorded.
+    broker.delete_topic("a1")
+    broker.create_topic("a3", owner="alice")
+    owners = {t.name: t.owner for t in broker.topics()}
+    assert owners == {"a2": "alice", "a3": "alice", "b1": "bob"}
+
+
+def test_connections_per_user_are_counted(make_broker):
+    broker = make_broker()
+    assert broker.claim_connection("alice", 2)
+    assert broker.claim_connection("alice", 2)
+    assert not broker.claim_connection("alice", 2)
+    assert broker.claim_connection("bob", 2)
+    broker.release_connection("alice")
+    assert broker.claim_connection("alice", 2)
+    # 0 is no limit.
+    assert all(broker.claim_connection("carol", 0) for _ in range(50))

@@ -6,6 +6,7 @@ import threading
 
 import gevent
 import pytest
+from orjson import dumps as enc
 
 from gateway.broker import Event
 from gateway.broker_memory import MemoryBroker
@@ -40,7 +41,7 @@ def test_events_are_encoded_once_per_publish():
     subscribers = [Recorder() for _ in range(4)]
     for s in subscribers:
         broker.subscribe("t", s)
-    event = broker.publish("t", "m", None)
+    event = broker.publish("t", "m", enc(None))
     assert calls == [1]
     assert all(s.events[0] is event and s.events[0].wire == b"frame" for s in subscribers)
 
@@ -54,7 +55,7 @@ def test_concurrent_greenlets_leave_no_subscription_behind(broker):
         received.append(s)
         broker.subscribe("t", s)
         gevent.sleep(0)
-        broker.publish("t", f"m{i}", i)
+        broker.publish("t", f"m{i}", enc(i))
         gevent.sleep(0)
         broker.unsubscribe_all(s)
 
@@ -74,7 +75,7 @@ def test_concurrent_threads_see_one_order(broker):
 
     def publish_many(n: int) -> None:
         for i in range(500):
-            broker.publish("t", f"{n}-{i}", None)
+            broker.publish("t", f"{n}-{i}", enc(None))
 
     threads = [threading.Thread(target=publish_many, args=(n,)) for n in range(4)]
     for t in threads:

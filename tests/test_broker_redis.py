@@ -6,6 +6,8 @@ import time
 
 import pytest
 import redis
+from orjson import dumps as enc
+from orjson import loads
 from redis_server import RedisServer
 from test_broker_contract import Recorder, encode
 
@@ -53,17 +55,17 @@ def test_outage_fails_clearly_then_recovers_by_itself(server, make_broker):
     broker.create_topic("t")
     s = Recorder()
     broker.subscribe("t", s)
-    broker.publish("t", "1", None)
+    broker.publish("t", "1", enc(None))
     s.wait(lambda r: r.seqs() == [1])
 
     server.stop()
     with pytest.raises(BrokerUnavailable):
-        broker.publish("t", "2", None)
+        broker.publish("t", "2", enc(None))
     with pytest.raises(BrokerUnavailable):
         broker.topics()
 
     server.start()  # same port, data kept (append-only file)
-    event = retry(lambda: broker.publish("t", "3", None))
+    event = retry(lambda: broker.publish("t", "3", enc(None)))
     assert event.seq == 2
     # The listener reconnected and resubscribed by itself: the subscriber gets it live.
     s.wait(lambda r: r.seqs() == [1, 2], timeout=20)
@@ -75,18 +77,18 @@ def test_events_lost_by_pubsub_are_repaired_from_the_ring(server, make_broker):
     s = Recorder()
     listening.subscribe("t", s)
     for i in range(5):
-        publishing.publish("t", str(i), i)
+        publishing.publish("t", str(i), enc(i))
     s.wait(lambda r: len(r.events) == 5)
 
     # Cut the listener's pub/sub connection; what is published now never reaches it.
     admin = redis.Redis.from_url(server.url)
     assert admin.client_kill_filter(_type="pubsub") >= 1
     for i in range(5, 15):
-        publishing.publish("t", str(i), i)
+        publishing.publish("t", str(i), enc(i))
     s.wait(lambda r: len(r.events) >= 15, timeout=20)
     time.sleep(0.2)
     assert s.seqs() == list(range(1, 16))
-    assert [e.payload for e in s.events] == list(range(15))
+    assert [loads(e.payload) for e in s.events] == list(range(15))
     admin.close()
 
 
@@ -99,7 +101,7 @@ def test_workers_share_topics_counts_and_one_order(make_broker):
     two.subscribe("t", b)
     assert one.subscriber_count() == two.subscriber_count() == 2
     for i in range(50):
-        (one if i % 2 else two).publish("t", str(i), i)
+        (one if i % 2 else two).publish("t", str(i), enc(i))
     for r in (a, b):
         r.wait(lambda r: len(r.events) == 50)
         assert r.seqs() == list(range(1, 51))

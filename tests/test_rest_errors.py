@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import orjson
 import pytest
 
 from gateway.app import create_app
@@ -290,9 +291,9 @@ def test_ring_buffer_size_is_used(make_app, auth_headers):
     with app.app_context():
         broker = get_broker()
         for n in range(5):
-            broker.publish("r", f"id{n}", {"n": n})
+            broker.publish("r", f"id{n}", orjson.dumps({"n": n}))
         replay = broker.subscribe("r", Sink(), last_n=10).replay
-    assert [e.payload["n"] for e in replay] == [2, 3, 4]
+    assert [orjson.loads(e.payload)["n"] for e in replay] == [2, 3, 4]
 
 
 def test_each_app_has_its_own_users_and_topics(make_app):

@@ -6,6 +6,7 @@ import json
 import re
 import threading
 
+import orjson
 import pytest
 
 from gateway import protocol
@@ -14,6 +15,11 @@ from gateway.sse import SseStream
 from gateway.state import get_broker, get_hub
 
 PUBLISHED_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def as_json(message: dict) -> dict:
+    """Return a message shape as a client reads it (its payload is pre-encoded JSON)."""
+    return orjson.loads(orjson.dumps(message))
 
 
 class RecordingSubscriber:
@@ -96,10 +102,15 @@ def test_http_publish_is_delivered_like_a_websocket_publish(app, client, headers
         get_broker().subscribe(topic, subscriber)
     body = publish(client, headers, topic, {"id": "m1", "payload": [1, "two", None]}).get_json()
     [event] = subscriber.events
-    assert (event.topic, event.id, event.payload, event.seq) == (topic, "m1", [1, "two", None], 1)
+    assert (event.topic, event.id, orjson.loads(event.payload), event.seq) == (
+        topic,
+        "m1",
+        [1, "two", None],
+        1,
+    )
     assert protocol.iso(event.timestamp) == body["timestamp"]
     frame = json.loads(event.wire[event.wire.index(b"{") :])  # past the frame header
-    assert frame["message"] == protocol.message(event)
+    assert frame["message"] == as_json(protocol.message(event))
 
 
 def test_payload_may_be_null_and_content_type_is_not_needed(client, headers, topic):
@@ -117,7 +128,7 @@ def test_idempotency_key_makes_retries_return_the_first_result(app, client, head
     ]
     assert bodies[0] == bodies[1] == bodies[2]
     assert bodies[0]["seq"] == 1 and PUBLISHED_ID.match(bodies[0]["id"])
-    assert [e.payload for e in subscriber.events] == [0]
+    assert [orjson.loads(e.payload) for e in subscriber.events] == [0]
     assert client.get("/stats").get_json()["topics"][topic]["messages"] == 1
     other = publish(client, headers, topic, {"payload": 9}, key="order-7-shipped").get_json()
     assert other["seq"] == 2
@@ -202,7 +213,7 @@ def test_history_returns_ring_messages_oldest_first_in_the_event_shape(app, clie
     assert {"topic", "seq", "epoch", "complete", "messages"} <= set(body)
     assert (body["topic"], body["seq"], body["complete"]) == (topic, 3, True)
     assert isinstance(body["epoch"], str) and body["epoch"]
-    assert body["messages"] == [protocol.message(e) for e in subscriber.events]
+    assert body["messages"] == [as_json(protocol.message(e)) for e in subscriber.events]
     assert [m["seq"] for m in body["messages"]] == [1, 2, 3]
 
 
@@ -373,7 +384,7 @@ def test_sse_streams_live_messages_with_their_seq_as_id(app, client, headers, to
     publish_many(client, headers, topic, 3)
     items = stream.messages(3)
     assert [i["id"] for i in items] == [1, 2, 3]
-    assert [i["data"] for i in items] == [protocol.message(e) for e in subscriber.events]
+    assert [i["data"] for i in items] == [as_json(protocol.message(e)) for e in subscriber.events]
     stream.close()
 
 
@@ -537,7 +548,7 @@ class RacingBroker:
 
     def subscribe(self, topic, subscriber, last_n=0, since_seq=None, epoch=None):
         def event(seq):
-            return Event(topic, f"m{seq}", seq, seq, 0.0)
+            return Event(topic, f"m{seq}", b"%d" % seq, seq, 0.0)
 
         for seq in (2, 3, 4):  # 2 and 3 are in the replay too; 4 came after the snapshot
             subscriber.deliver(event(seq))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from gateway.state import get_broker
@@ -34,7 +35,7 @@ def create(client, headers, name):
 def publish(app, topic, count):
     with app.app_context():
         for n in range(count):
-            get_broker().publish(topic, f"id{n}", {"x": n})
+            get_broker().publish(topic, f"id{n}", orjson.dumps({"x": n}))
 
 
 def assert_error(response, status):
@@ -274,7 +275,7 @@ def test_stats_counts_messages_and_subscribers_per_topic(app, client, headers):
     assert (topics["busy"]["messages"], topics["busy"]["subscribers"]) == (2, 1)
     assert (topics["quiet"]["messages"], topics["quiet"]["subscribers"]) == (0, 0)
     assert all(type(t[k]) is int for t in topics.values() for k in ("messages", "subscribers"))
-    assert [e.payload for e in subscriber.events] == [{"x": 0}, {"x": 1}]
+    assert [orjson.loads(e.payload) for e in subscriber.events] == [{"x": 0}, {"x": 1}]
 
 
 def test_stats_messages_are_not_capped_by_the_ring(make_app, auth_headers):

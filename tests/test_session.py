@@ -7,6 +7,7 @@ import socket
 import threading
 
 import pytest
+from orjson import dumps as enc
 from wire_reader import WireReader
 
 from gateway import protocol, wsframes
@@ -35,13 +36,13 @@ def send(session: Session, **frame) -> None:
 def test_subscribe_during_concurrent_publishing_has_no_gap_or_duplicate(setup):
     broker, session, reader = setup
     for i in range(200):
-        broker.publish("t", f"pre{i}", i)
+        broker.publish("t", f"pre{i}", enc(i))
     stop = threading.Event()
 
     def publisher() -> None:
         i = 0
         while not stop.is_set() and i < 20_000:
-            broker.publish("t", f"live{i}", i)
+            broker.publish("t", f"live{i}", enc(i))
             i += 1
 
     thread = threading.Thread(target=publisher)
@@ -63,9 +64,9 @@ def test_subscribe_during_concurrent_publishing_has_no_gap_or_duplicate(setup):
 def test_no_event_after_the_unsubscribe_ack(setup):
     broker, session, reader = setup
     send(session, type="subscribe", topic="t")
-    broker.publish("t", "1", None)
+    broker.publish("t", "1", enc(None))
     send(session, type="unsubscribe", topic="t", request_id="u")
-    broker.publish("t", "2", None)
+    broker.publish("t", "2", enc(None))
     send(session, type="ping", request_id="p")
     reader.read_until(lambda frames: len(frames) == 4)
     assert [b["type"] for b in reader.texts()] == ["ack", "event", "ack", "pong"]
