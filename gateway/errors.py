@@ -7,24 +7,34 @@ import logging
 from flask import Flask, g, jsonify
 from werkzeug.exceptions import HTTPException
 
-from gateway.broker import BrokerUnavailable
+from gateway.broker import BrokerUnavailable, LimitExceeded
 
 log = logging.getLogger("gateway.http")
 
 
-class ApiError(Exception):
-    """A client mistake with its HTTP status."""
+# The machine-readable `code` that a 429 carries beside `error`: a client backs off
+# differently from a rate limit (retry later) and a quota (free something first).
+RATE_LIMITED = "RATE_LIMITED"
+LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
 
-    def __init__(self, status: int, message: str) -> None:
+
+class ApiError(Exception):
+    """A client mistake with its HTTP status (and, for some, a `code`)."""
+
+    def __init__(
+        self, status: int, message: str, code: str | None = None, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.code = code
+        self.retry_after = retry_after  # seconds, sent as Retry-After
 
 
-def error_response(status: int, message: str):
+def error_response(status: int, message: str, code: str | None = None):
     """Build the JSON error response; the request log line reports the message."""
     g.error = message
-    response = jsonify(error=message)
+    response = jsonify(error=message, code=code) if code else jsonify(error=message)
     response.status_code = status
     return response
 
@@ -34,7 +44,14 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError):
-        return error_response(exc.status, exc.message)
+        response = error_response(exc.status, exc.message, exc.code)
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+
+    @app.errorhandler(LimitExceeded)
+    def limit_exceeded(exc: LimitExceeded):
+        return error_response(429, str(exc), LIMIT_EXCEEDED)
 
     @app.errorhandler(BrokerUnavailable)
     def broker_unavailable(exc: BrokerUnavailable):
