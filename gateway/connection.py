@@ -65,6 +65,7 @@ class Connection:
             self.outbox,
             max_json_depth=settings.max_json_depth,
             max_subscriptions=settings.max_subscriptions_per_connection,
+            publish_rate=settings.publish_rate_limit,
         )
         self.reader = FrameReader(
             protocol, self.outbox, self.session.handle, settings.max_message_bytes

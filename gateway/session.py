@@ -13,8 +13,10 @@ import threading
 
 from gateway import protocol, wsframes
 from gateway.broker import Broker, BrokerUnavailable, Event, TopicNotFound
+from gateway.config import Rate
 from gateway.outbox import Outbox
 from gateway.protocol import ProtocolError
+from gateway.ratelimit import TokenBucket
 
 log = logging.getLogger("gateway.ws")
 
@@ -30,6 +32,7 @@ class Session:
         outbox: Outbox,
         max_json_depth: int = 32,
         max_subscriptions: int = 0,
+        publish_rate: Rate | None = None,
     ) -> None:
         self.conn_id = conn_id
         self.user_id = user_id
@@ -40,6 +43,9 @@ class Session:
         # Topics this connection follows (their count is what MAX_SUBSCRIPTIONS_PER_CONNECTION
         # bounds); a deleted topic leaves it through `topic_deleted`.
         self._topics: set[str] = set()
+        # PUBLISH_RATE_LIMIT per connection, in process: a burst of the rate's count.
+        self._publish_rate = publish_rate
+        self._bucket = TokenBucket(publish_rate) if publish_rate is not None else None
         self._lock = threading.Lock()
         # Topics whose subscribe is in flight: live events wait here until the ack and the
         # replay are queued, so that they follow the replay with no gap and no duplicate.
@@ -109,6 +115,12 @@ class Session:
             self._reply(protocol.pong(command.request_id))
 
     def _publish(self, command: protocol.Publish) -> None:
+        if self._bucket is not None and (wait := self._bucket.take()):
+            raise ProtocolError(
+                protocol.RATE_LIMITED,
+                f"publishing faster than {self._publish_rate}; retry in {wait:.2f}s",
+                command.request_id,
+            )
         try:
             event = self._broker.publish(
                 command.topic, command.message_id, command.payload, publisher=self.user_id

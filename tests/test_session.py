@@ -12,6 +12,7 @@ from wire_reader import WireReader
 
 from gateway import protocol, wsframes
 from gateway.broker_memory import MemoryBroker
+from gateway.config import Rate
 from gateway.outbox import Outbox
 from gateway.session import Session
 
@@ -99,3 +100,81 @@ def test_topic_deletion_tells_the_subscriber(setup):
         "msg": "topic_deleted",
         "topic": "t",
     }
+
+
+def nested(depth: int):
+    """Return a JSON value `depth` containers deep: [[...[]...]]."""
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+@pytest.fixture
+def limited():
+    """A session with small limits: depth 8, 2 subscriptions, 3 publishes a minute."""
+    broker = MemoryBroker(100, encode=lambda e: wsframes.text(protocol.event(e)))
+    for name in ("a", "b", "c"):
+        broker.create_topic(name)
+    server, client = socket.socketpair()
+    outbox = Outbox(server, "c2", queue_size=100, write_timeout=5)
+    session = Session(
+        "c2",
+        "u2",
+        broker,
+        outbox,
+        max_json_depth=8,
+        max_subscriptions=2,
+        publish_rate=Rate(3, "minute"),
+    )
+    yield broker, session, WireReader(client)
+    outbox.finish(2)
+    server.close()
+    client.close()
+
+
+def test_a_frame_deeper_than_the_limit_is_refused_before_a_seq_is_spent(limited):
+    broker, session, reader = limited
+    # The frame is two levels around its payload: payload depth 6 is frame depth 8.
+    send(session, type="publish", topic="a", message={"id": "ok", "payload": nested(6)})
+    send(session, type="publish", topic="a", message={"id": "deep", "payload": nested(7)})
+    send(session, type="publish", topic="a", message={"id": "x", "payload": nested(253)})
+    send(session, type="publish", topic="a", message={"id": "next", "payload": 1})
+    reader.read_until(lambda frames: len(frames) == 4)
+    ok, deep, deeper, following = reader.texts()
+    assert (ok["type"], ok["seq"]) == ("ack", 1)
+    for refused in (deep, deeper):
+        assert refused["error"]["code"] == "BAD_REQUEST", refused
+        assert "nested deeper than 8" in refused["error"]["message"]
+    assert (following["type"], following["seq"]) == ("ack", 2)  # no seq lost in between
+    assert [e.id for e in broker.history("a").events] == ["ok", "next"]
+
+
+def test_publishes_past_the_rate_are_refused_and_cost_no_seq(limited):
+    broker, session, reader = limited
+    for n in range(5):
+        send(session, type="publish", topic="a", message={"id": f"m{n}", "payload": n})
+    reader.read_until(lambda frames: len(frames) == 5)
+    replies = reader.texts()
+    assert [r.get("seq") for r in replies[:3]] == [1, 2, 3]
+    for refused in replies[3:]:
+        assert refused["error"]["code"] == "RATE_LIMITED", refused
+        assert "3/minute" in refused["error"]["message"]
+    assert broker.topics()[0].messages == 3
+
+
+def test_subscriptions_past_the_limit_are_refused(limited):
+    broker, session, reader = limited
+    for name in ("a", "b", "c", "a"):
+        send(session, type="subscribe", topic=name, request_id=name)
+    send(session, type="unsubscribe", topic="b")
+    send(session, type="subscribe", topic="c", request_id="c2")
+    reader.read_until(lambda frames: len(frames) == 6)
+    a, b, c, again, _, c2 = reader.texts()
+    assert [a["type"], b["type"], again["type"], c2["type"]] == ["ack"] * 4
+    assert (c["error"]["code"], c["request_id"]) == ("LIMIT_EXCEEDED", "c")
+    # A deleted topic frees its slot too.
+    broker.delete_topic("a")
+    send(session, type="subscribe", topic="b", request_id="b2")
+    reader.read_until(lambda frames: len(frames) == 8)
+    assert reader.texts()[-1]["type"] == "ack"
