@@ -125,3 +125,34 @@ def test_a_dead_worker_stops_being_counted(server, make_broker):
     admin.zadd("gw:workers", {"dead": time.time()})
     assert broker.subscriber_count() == 8
     admin.close()
+
+
+def test_a_bad_entry_on_the_channel_does_not_silence_the_listener(server, make_broker, caplog):
+    # Once, one message the listener could not re-encode killed its thread for good.
+    broker = make_broker()
+    broker.create_topic("t")
+    s = Recorder()
+    broker.subscribe("t", s)
+    broker.publish("t", "1", enc(1))
+    s.wait(lambda r: r.seqs() == [1])
+    admin = redis.Redis.from_url(server.url)
+    admin.publish("gw:chan:t", b"2:not a packed message")  # seq 2, unreadable
+    admin.incr("gw:seq:t")  # so that the next publish is seq 3
+    broker.publish("t", "3", enc(3))
+    s.wait(lambda r: 3 in r.seqs(), timeout=10)
+    assert "redis_listener_bad_message topic=t" in caplog.text
+    assert broker.problems() == {}
+    admin.close()
+
+
+def test_problems_name_an_unreachable_redis(server, make_broker):
+    broker = make_broker()
+    assert broker.problems() == {}
+    server.stop()
+    found = broker.problems()
+    assert "broker" in found
+    server.start()
+    deadline = time.monotonic() + 20
+    while broker.problems():
+        assert time.monotonic() < deadline, broker.problems()
+        time.sleep(0.2)
