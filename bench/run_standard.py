@@ -70,6 +70,13 @@ def server_spec(
             SUBSCRIBER_QUEUE_SIZE=str(queue_size),
             HEARTBEAT_INTERVAL=str(HEARTBEAT_S),
             SHUTDOWN_GRACE_SECONDS="2",
+            # The load client is one user on one address at full speed: the rate limits and
+            # per-user quotas (README "Limits") are off for it.
+            LOGIN_RATE_LIMIT="0",
+            PUBLISH_RATE_LIMIT="0",
+            MAX_TOPICS_PER_USER="0",
+            MAX_CONNECTIONS_PER_USER="0",
+            MAX_SUBSCRIPTIONS_PER_CONNECTION="0",
         )
         env.pop("WEB_CONCURRENCY", None)
         env.pop("GUNICORN_CMD_ARGS", None)

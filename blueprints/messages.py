@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 
 from flask import Blueprint, Response, g, request
-from flask_jwt_extended import jwt_required
+from flask_jwt_extended import get_jwt_identity, jwt_required
 
 from blueprints.topics import valid_topic_name
-from gateway import protocol
+from gateway import policy, protocol
 from gateway.auth import AuthError, token_from, verify
 from gateway.broker import TopicNotFound
 from gateway.errors import ApiError, error_response
 from gateway.http import json_body, json_response
+from gateway.ratelimit import publish_limited
 from gateway.sse import SseStream
 from gateway.state import get_broker, get_hub, get_settings
 
@@ -27,6 +29,7 @@ _SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket")
 
 @bp.post("/topics/<name>/messages")
 @jwt_required()
+@publish_limited
 def publish(name: str):
     """Publish `{"id"?, "payload"}`; an Idempotency-Key makes a retry return the first result."""
     valid_topic_name(name)
@@ -41,8 +44,11 @@ def publish(name: str):
     key = request.headers.get("Idempotency-Key")
     if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
         raise ApiError(400, "Idempotency-Key must be 1-255 visible ASCII characters")
+    payload = protocol.encode_payload(body["payload"])  # before a seq is spent: all or nothing
     try:
-        event = get_broker().publish(name, message_id, body["payload"], idempotency_key=key)
+        event = get_broker().publish(
+            name, message_id, payload, idempotency_key=key, publisher=get_jwt_identity()
+        )
     except TopicNotFound:
         raise _not_found(name) from None
     body = {
@@ -83,6 +89,13 @@ def history(name: str):
 @bp.get("/topics/<name>/events")
 def events(name: str):
     """Stream the topic's events as server-sent events; Last-Event-ID resumes."""
+    # CORS only hides a response from a foreign page: the stream would still be opened and
+    # held (a connection slot, a subscription). So the Origin is checked as on /ws (README,
+    # WebSocket protocol).
+    origin = request.headers.get("Origin")
+    if not get_settings().origin_allowed(origin):
+        logging.getLogger("gateway.sse").info("sse_rejected status=403 origin=%r", origin)
+        return error_response(403, "origin not allowed")
     try:
         g.user_id = verify(token_from(request))
     except AuthError as exc:
@@ -97,13 +110,24 @@ def events(name: str):
         since_seq = _seq_arg(request.args.get("since_seq"), "since_seq")
     settings = get_settings()
     hub = get_hub()
+    broker = get_broker()
+    user_id = g.user_id
+    # SSE streams count like WebSockets: against the worker's capacity and the user's
+    # connections; the stream gives its claim back when it closes.
+    policy.admit_connection(user_id, "sse")
+    g.connection_claimed = False
+
+    def on_close(stream: SseStream) -> None:
+        hub.remove_stream(stream)
+        broker.release_connection(user_id)
+
     stream = SseStream(
-        get_broker(),
+        broker,
         name,
         settings.subscriber_queue_size,
         settings.heartbeat_interval,
         sock=next((request.environ[k] for k in _SOCKET_KEYS if k in request.environ), None),
-        on_close=hub.remove_stream,
+        on_close=on_close,
         stream_id=g.request_id,
     )
     hub.add_stream(stream)

@@ -9,6 +9,7 @@ from gateway.auth import issue_token
 from gateway.errors import ApiError
 from gateway.http import json_body, json_response, string_field
 from gateway.protocol import iso
+from gateway.ratelimit import login_limited
 from gateway.state import get_user_store
 from gateway.users import User, UsernameTaken, ValidationError, validate_registration
 
@@ -27,6 +28,7 @@ def user_json(user: User) -> dict:
 
 
 @bp.post("/register")
+@login_limited
 def register():
     """Create an account and return it with a token."""
     try:
@@ -42,6 +44,7 @@ def register():
 
 
 @bp.post("/login")
+@login_limited
 def login():
     """Check a username and password and return a fresh token."""
     body = json_body()

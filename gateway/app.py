@@ -16,12 +16,13 @@ from flask_cors import CORS
 
 from gateway import protocol, wsframes
 from gateway.auth import init_jwt
-from gateway.broker import Broker
+from gateway.broker import Broker, Quotas
 from gateway.broker_memory import MemoryBroker
 from gateway.config import POSTGRES_SCHEMES, Settings, load_settings
 from gateway.errors import error_response, register_error_handlers
 from gateway.hub import Hub
 from gateway.logs import configure as configure_logging
+from gateway.ratelimit import init_rate_limits
 from gateway.reader import NoReaderThread
 from gateway.state import EXTENSION, GatewayState
 from gateway.users import UserStore
@@ -29,6 +30,8 @@ from gateway.users_sqlite import SqliteUserStore
 
 log = logging.getLogger("gateway.http")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Health probes answer while the server drains: /readyz says "draining" itself.
+_PROBES = ("/livez", "/readyz")
 _EVERY_METHOD = ("GET", "HEAD", "POST", "OPTIONS", "PUT", "PATCH", "DELETE")
 
 
@@ -56,7 +59,9 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
         expose_headers=["X-Request-ID"],
     )
     register_error_handlers(app)
+    init_rate_limits(app, settings)
     _install_request_log(app)
+    _answer_preflights(app)
 
     state = GatewayState(
         settings=settings,
@@ -82,8 +87,13 @@ def _make_broker(settings: Settings) -> Broker:
     def encode(event) -> bytes:
         return wsframes.text(protocol.event(event))
 
+    quotas = Quotas(
+        ring_bytes=settings.ring_buffer_bytes,
+        max_topics=settings.max_topics,
+        max_topics_per_user=settings.max_topics_per_user,
+    )
     if settings.broker_url == "memory://":
-        return MemoryBroker(settings.ring_buffer_size, encode)
+        return MemoryBroker(settings.ring_buffer_size, encode, quotas)
     # Imported only when used: redis must load after gevent has patched the worker.
     from gateway.broker_redis import RedisBroker
 
@@ -93,6 +103,7 @@ def _make_broker(settings: Settings) -> Broker:
         encode,
         protocol.pack_message,
         protocol.unpack_message,
+        quotas=quotas,
     )
 
 
@@ -117,7 +128,7 @@ def _install_request_log(app: Flask) -> None:
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex[:16]
         g.started = time.perf_counter()
-        if app.extensions[EXTENSION].hub.shutting_down:
+        if app.extensions[EXTENSION].hub.shutting_down and request.path not in _PROBES:
             # gunicorn stops accepting within a second of SIGTERM; until then, and on the
             # dev server, new requests are turned away so load balancers move on (SPEC §5.9).
             return error_response(503, "server is shutting down")
@@ -140,6 +151,27 @@ def _install_request_log(app: Flask) -> None:
             f" error={g.error!r}" if g.get("error") else "",
         )
         return response
+
+
+def _answer_preflights(app: Flask) -> None:
+    """Answer every CORS preflight with 204, on any path, before auth or routing decide.
+
+    A browser sends the real request only after a 2xx preflight: a 404 or 401 preflight
+    shows up as "Failed to fetch" instead of the real request's JSON error (README, REST
+    API). flask-cors adds its headers to the 204 as to any response. Registered after the
+    request log, so that the preflight gets its request id and log line.
+    """
+
+    @app.before_request
+    def answer_preflight():
+        headers = request.headers
+        if (
+            request.method == "OPTIONS"
+            and "Origin" in headers
+            and "Access-Control-Request-Method" in headers
+        ):
+            return app.response_class(status=204)
+        return None
 
 
 def _drain_at_exit(hub_ref: weakref.ref) -> None:
