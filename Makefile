@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
+# Loopback unless HOST says otherwise (HOST=0.0.0.0 serves every interface).
+HOST ?= 127.0.0.1
 SECRET_FILE := instance/jwt-secret
 
 .PHONY: run dev test lint fmt clean bench
@@ -21,13 +23,13 @@ $(SECRET_FILE):
 # Production server (gunicorn + gevent) on embedded defaults. A JWT secret is generated on
 # first run and kept in instance/ so tokens survive restarts; set JWT_SECRET_KEY to override.
 run: $(BIN)/activate $(SECRET_FILE)
-	JWT_SECRET_KEY="$${JWT_SECRET_KEY:-$$(cat $(SECRET_FILE))}" PORT=$(PORT) \
+	JWT_SECRET_KEY="$${JWT_SECRET_KEY:-$$(cat $(SECRET_FILE))}" HOST="$(HOST)" PORT=$(PORT) \
 		$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 # Flask's development server: same routes, same behaviour, real threads instead of gevent.
 dev: $(BIN)/activate $(SECRET_FILE)
 	JWT_SECRET_KEY="$${JWT_SECRET_KEY:-$$(cat $(SECRET_FILE))}" \
-		$(BIN)/flask --app wsgi run --port $(PORT)
+		$(BIN)/flask --app wsgi run --host "$(HOST)" --port $(PORT)
 
 test: $(BIN)/activate
 	$(BIN)/ruff check .

@@ -1,6 +1,6 @@
 """gunicorn settings: `gunicorn -c gunicorn.conf.py wsgi:app` (SPEC §6).
 
-The only reader of PORT and of worker settings. Configuration is validated here, in the
+The only reader of HOST, PORT and of worker settings. Configuration is validated here, in the
 master, so that a bad value stops the whole server at once instead of leaving gunicorn
 respawning a worker that can never boot.
 """
@@ -27,6 +27,13 @@ try:
         raise ValueError
 except ValueError:
     _fail(f"PORT must be a port number, got {os.environ.get('PORT')!r}")
+# Loopback unless told otherwise: a server started to try it out is not on the network
+# (README, Configuration). The Docker image sets HOST=0.0.0.0.
+_host = os.environ.get("HOST", "127.0.0.1").strip()
+if not _host or any(c.isspace() for c in _host):
+    _fail(f"HOST must be an address or host name to listen on, got {os.environ.get('HOST')!r}")
+if ":" in _host and not _host.startswith("["):
+    _host = f"[{_host}]"  # an IPv6 address, such as :: for every interface
 # The memory broker keeps all state in one process: one worker (checked in on_starting).
 # With Redis every worker shares the state: one per core unless WEB_CONCURRENCY says.
 _default_workers = 1 if _settings.broker_url == "memory://" else (os.cpu_count() or 1)
@@ -37,7 +44,7 @@ try:
 except ValueError:
     _fail(f"WEB_CONCURRENCY must be a positive integer, got {os.environ.get('WEB_CONCURRENCY')!r}")
 
-bind = f"0.0.0.0:{_port}"
+bind = f"{_host}:{_port}"
 worker_class = "gevent"
 # Connections per worker (gevent's default of 1000 makes the 1001st hang): the cap on open
 # WebSockets and SSE streams (the app answers 503 past it) and, separately, on HTTP

@@ -41,6 +41,14 @@ def init_jwt(app: Flask, settings: Settings) -> None:
     manager.needs_fresh_token_loader(lambda header, payload: unauthorized("fresh token required"))
     manager.token_verification_failed_loader(lambda header, payload: unauthorized("invalid token"))
     manager.user_lookup_error_loader(lambda header, payload: unauthorized("unknown user"))
+    # PyJWT checks `exp` only when a token has one, and flask-jwt-extended cannot ask it to
+    # require claims: a token that never expires is refused here (README, REST API).
+    manager.token_verification_loader(lambda header, payload: has_required_claims(payload))
+
+
+def has_required_claims(claims: dict) -> bool:
+    """Tell whether decoded claims carry what every token must: a string `sub` and an `exp`."""
+    return isinstance(claims.get("sub"), str) and "exp" in claims
 
 
 def issue_token(user_id: str) -> str:
@@ -67,7 +75,6 @@ def verify(token: str) -> str:
         raise AuthError("token has expired") from None
     except (jwt.PyJWTError, JWTExtendedException):
         raise AuthError("invalid token") from None
-    subject = claims.get("sub")
-    if not isinstance(subject, str) or claims.get("type") != "access":
+    if not has_required_claims(claims) or claims.get("type") != "access":
         raise AuthError("invalid token")
-    return subject
+    return claims["sub"]
