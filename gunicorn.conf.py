@@ -45,7 +45,8 @@ except ValueError:
     _fail(f"WEB_CONCURRENCY must be a positive integer, got {os.environ.get('WEB_CONCURRENCY')!r}")
 
 bind = f"{_host}:{_port}"
-worker_class = "gevent"
+# gevent's worker, whose own error answers (to requests gunicorn cannot parse) are JSON.
+worker_class = "gateway.worker.GatewayWorker"
 # Connections per worker (gevent's default of 1000 makes the 1001st hang): the cap on open
 # WebSockets and SSE streams (the app answers 503 past it) and, separately, on HTTP
 # requests in progress (gunicorn's pool; an upgraded WebSocket is no longer one of them).
