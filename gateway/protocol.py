@@ -75,14 +75,18 @@ def decode(data: str | bytes, max_depth: int = 32) -> Command:
     if not isinstance(data, str):
         raise ProtocolError(BAD_REQUEST, "binary frames are not supported; send JSON text")
     try:
-        frame = jsondoc.loads(data, max_depth)
-    except jsondoc.JsonError as exc:
-        raise ProtocolError(BAD_REQUEST, str(exc)) from None
+        frame = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(BAD_REQUEST, f"invalid JSON: {exc}") from None
     if not isinstance(frame, dict):
         raise ProtocolError(BAD_REQUEST, "a frame must be a JSON object")
     request_id = frame.get("request_id")
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError(BAD_REQUEST, "request_id must be a string")
+    if jsondoc.depth_exceeds(frame, max_depth):
+        # Parsed whole, so the reply can still name the request it refuses.
+        message = f"JSON is nested deeper than {max_depth} levels"
+        raise ProtocolError(BAD_REQUEST, message, request_id)
     client_id = frame.get("client_id")
     if client_id is not None and not isinstance(client_id, str):
         raise ProtocolError(BAD_REQUEST, "client_id must be a string", request_id)

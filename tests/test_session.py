@@ -137,12 +137,19 @@ def test_a_frame_deeper_than_the_limit_is_refused_before_a_seq_is_spent(limited)
     broker, session, reader = limited
     # The frame is two levels around its payload: payload depth 6 is frame depth 8.
     send(session, type="publish", topic="a", message={"id": "ok", "payload": nested(6)})
-    send(session, type="publish", topic="a", message={"id": "deep", "payload": nested(7)})
+    send(
+        session,
+        type="publish",
+        topic="a",
+        message={"id": "deep", "payload": nested(7)},
+        request_id="deep",
+    )
     send(session, type="publish", topic="a", message={"id": "x", "payload": nested(253)})
     send(session, type="publish", topic="a", message={"id": "next", "payload": 1})
     reader.read_until(lambda frames: len(frames) == 4)
     ok, deep, deeper, following = reader.texts()
     assert (ok["type"], ok["seq"]) == ("ack", 1)
+    assert deep["request_id"] == "deep"  # the reply names the frame it refuses
     for refused in (deep, deeper):
         assert refused["error"]["code"] == "BAD_REQUEST", refused
         assert "nested deeper than 8" in refused["error"]["message"]
