@@ -249,6 +249,11 @@ def pack_message(message_id: str, payload: bytes, timestamp: float) -> bytes:
 
 def unpack_message(data: bytes) -> tuple[str, bytes, float]:
     """Read back what `pack_message` wrote: (id, payload JSON, timestamp)."""
-    head, _, payload = data.partition(b"\n")
+    head, newline, payload = data.partition(b"\n")
+    if not newline:
+        # Written before payloads were kept encoded: one JSON object (still in a Redis
+        # that an older gateway filled).
+        message = orjson.loads(data)
+        return message["id"], orjson.dumps(message["payload"]), message["timestamp"]
     message_id, timestamp = orjson.loads(head)
     return message_id, payload, timestamp

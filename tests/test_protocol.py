@@ -136,3 +136,13 @@ def test_close_frame_carries_code_and_reason():
     (frame,) = list(parser.received_frames())
     assert frame.opcode is Opcode.CLOSE
     assert frame.payload == (4008, "slow consumer")
+
+
+def test_stored_messages_round_trip_without_parsing_the_payload():
+    packed = protocol.pack_message("m\n1", b'{"a":[1,"\\n"]}', 12.5)
+    assert protocol.unpack_message(packed) == ("m\n1", b'{"a":[1,"\\n"]}', 12.5)
+
+
+def test_messages_stored_by_an_older_gateway_still_read():
+    legacy = b'{"id":"m1","payload":{"a":1},"timestamp":3.0}'
+    assert protocol.unpack_message(legacy) == ("m1", b'{"a":1}', 3.0)
