@@ -347,7 +347,8 @@ class RedisBroker(Broker):
         self._count(topic, +1)
         # Registered first, snapshot second: nothing published in between is missed, and
         # what the channel brings late at or below the snapshot's seq is skipped (floor).
-        depth = self._ring_size if since_seq is not None else last_n
+        # The ring never holds more than ring_size: a larger last_n asks for all of it.
+        depth = self._ring_size if since_seq is not None else min(last_n, self._ring_size)
         seq, current_epoch, ring = self._snapshot(topic, depth)
         with self._lock:
             self._fanout.set_floor(topic, subscriber, seq)

@@ -72,6 +72,7 @@ class Session:
 
     def handle(self, data: str | bytes) -> None:
         """Serve one client frame; protocol mistakes become `error` frames."""
+        command = None
         try:
             command = protocol.decode(data, self._max_json_depth)
             try:
@@ -92,6 +93,12 @@ class Session:
                 exc.message,
             )
             self._reply(protocol.error(exc.code, exc.message, exc.request_id))
+        except Exception:
+            # A fault of ours must not end the connection without a word: the client is
+            # told (INTERNAL) and may go on; the traceback is in the log.
+            log.exception("ws_internal_error conn=%s", self.conn_id)
+            request_id = command.request_id if command is not None else None
+            self._reply(protocol.error(protocol.INTERNAL, "internal server error", request_id))
 
     def close(self) -> None:
         """Drop every subscription of this connection."""

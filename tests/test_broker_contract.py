@@ -395,3 +395,12 @@ def test_connections_per_user_are_counted(make_broker):
     assert broker.claim_connection("alice", 2)
     # 0 is no limit.
     assert all(broker.claim_connection("carol", 0) for _ in range(50))
+
+
+def test_a_last_n_beyond_any_integer_redis_takes_replays_the_whole_ring(make_broker):
+    broker = make_broker(ring_size=3)
+    broker.create_topic("t")
+    for i in range(5):
+        broker.publish("t", str(i), enc(i))
+    replay = broker.subscribe("t", Recorder(), last_n=2**64 - 1).replay
+    assert [e.seq for e in replay] == [3, 4, 5]

@@ -185,3 +185,18 @@ def test_subscriptions_past_the_limit_are_refused(limited):
     send(session, type="subscribe", topic="b", request_id="b2")
     reader.read_until(lambda frames: len(frames) == 8)
     assert reader.texts()[-1]["type"] == "ack"
+
+
+def test_a_fault_of_the_broker_is_an_internal_error_and_the_session_goes_on(setup):
+    broker, session, reader = setup
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    broker.subscribe = broken
+    send(session, type="subscribe", topic="t", request_id="s")
+    send(session, type="ping", request_id="p")
+    reader.read_until(lambda frames: len(frames) == 2)
+    error, pong = reader.texts()
+    assert (error["error"]["code"], error["request_id"]) == ("INTERNAL", "s")
+    assert pong["type"] == "pong"
