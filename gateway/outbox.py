@@ -115,7 +115,11 @@ class Outbox:
             if self._close_queued or self._state is CLOSED:
                 return
             if closing:
+                # The last frame: nothing may follow a close frame on the wire.
                 self._frames.append((None, 0, data))
+                self._close_queued = True
+                if self._state is OPEN:
+                    self._state = CLOSING
             elif self._state is OPEN:
                 self._push_control(data)
             else:

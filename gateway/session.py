@@ -12,7 +12,7 @@ import logging
 import threading
 
 from gateway import protocol, wsframes
-from gateway.broker import Broker, BrokerUnavailable, Event, TopicNotFound
+from gateway.broker import Broker, BrokerUnavailable, Event, Subscription, TopicNotFound
 from gateway.config import Rate
 from gateway.outbox import Outbox
 from gateway.protocol import ProtocolError
@@ -138,8 +138,11 @@ class Session:
 
     def _subscribe(self, command: protocol.Subscribe) -> None:
         topic = command.topic
+        if topic in self._topics:
+            self._subscribe_again(command)
+            return
         limit = self._max_subscriptions
-        if limit and topic not in self._topics and len(self._topics) >= limit:
+        if limit and len(self._topics) >= limit:
             raise ProtocolError(
                 protocol.LIMIT_EXCEEDED,
                 f"this connection already follows the maximum of {limit} topics",
@@ -160,10 +163,7 @@ class Session:
         self._topics.add(topic)
         with self._lock:
             held = self._held[topic]
-            extra = {"epoch": subscription.epoch}
-            if command.since_seq is not None:
-                extra["recovered"] = subscription.recovered
-            self._reply(protocol.ack(topic, command.request_id, subscription.seq, **extra))
+            self._reply(_subscribe_ack(command, subscription))
             for event in subscription.replay:
                 # Replayed events keep their timestamp and seq; `ts` is the time of sending.
                 self.outbox.push_event(topic, event.seq, wsframes.text(protocol.event(event)))
@@ -181,6 +181,20 @@ class Session:
             command.client_id,
         )
 
+    def _subscribe_again(self, command: protocol.Subscribe) -> None:
+        """Acknowledge a subscribe to a topic already followed: no replay, nothing held.
+
+        Live events of the subscription keep flowing while this runs; one that is still on
+        its way from the broker (Redis) must not be mistaken for part of a replay.
+        """
+        try:
+            subscription = self._broker.subscribe(
+                command.topic, self, command.last_n, command.since_seq, command.epoch
+            )
+        except TopicNotFound:
+            raise _not_found(command.topic, command.request_id) from None
+        self._reply(_subscribe_ack(command, subscription))
+
     def _unsubscribe(self, command: protocol.Unsubscribe) -> None:
         try:
             self._broker.unsubscribe(command.topic, self)
@@ -191,6 +205,14 @@ class Session:
 
     def _reply(self, body: bytes) -> None:
         self.outbox.push(wsframes.text(body))
+
+
+def _subscribe_ack(command: protocol.Subscribe, subscription: Subscription) -> bytes:
+    """Encode a subscribe's ack: the topic's seq and epoch, `recovered` for a resume."""
+    extra: dict = {"epoch": subscription.epoch}
+    if command.since_seq is not None:
+        extra["recovered"] = subscription.recovered
+    return protocol.ack(command.topic, command.request_id, subscription.seq, **extra)
 
 
 def _not_found(topic: str, request_id: str | None) -> ProtocolError:

@@ -168,3 +168,35 @@ def test_finish_flushes_what_is_queued(pair):
     reader.read_until(lambda frames: len(frames) == 300)
     assert [b["message"]["seq"] for b in reader.texts()] == list(range(1, 301))
     finisher.join(5)
+
+
+def test_nothing_follows_the_close_reply_on_the_wire(pair):
+    # A heartbeat queued after the client's close was answered once went out after it.
+    server, client = pair
+    outbox = Outbox(server, "c1", queue_size=10, write_timeout=5)
+    outbox.push(control(1))
+    outbox.push_raw(wsframes.close(1000), closing=True)
+    outbox.push(control(2))
+    outbox.push_event("t", 1, event_frame("t", 1))
+    outbox.push_raw(b"\x89\x00")  # a pong the library would answer with
+    outbox.finish(2)
+    server.shutdown(socket.SHUT_WR)
+    client.settimeout(5)
+    data = b""
+    while chunk := client.recv(65536):
+        data += chunk
+    assert data == control(1) + wsframes.close(1000)  # the close reply is the last frame
+
+
+def test_pongs_count_against_the_unread_replies_bound(pair):
+    # A client that pings and never reads: its pongs pile up behind a stuck writer until
+    # the bound closes it, like unread acks (they once queued without limit).
+    server, client = pair
+    outbox = Outbox(server, "c1", queue_size=1, write_timeout=5)
+    outbox.push(wsframes.text(b"x" * STUCK))
+    wait_for(lambda: outbox._writer is not None)
+    for _ in range(5000):
+        outbox.push_raw(b"\x8a\x00")
+    assert not outbox.is_open
+    assert outbox.pending() <= 1003  # the stuck frame, 1000 pongs, the error, the close
+    outbox.abort()

@@ -200,3 +200,24 @@ def test_a_fault_of_the_broker_is_an_internal_error_and_the_session_goes_on(setu
     error, pong = reader.texts()
     assert (error["error"]["code"], error["request_id"]) == ("INTERNAL", "s")
     assert pong["type"] == "pong"
+
+
+def test_a_second_subscribe_does_not_swallow_an_event_still_on_its_way(setup):
+    # With Redis an event reaches the session late; a duplicate subscribe once held it and
+    # then dropped it as if a replay (there is none) had covered it.
+    broker, session, reader = setup
+    late = broker.publish("t", "late", enc(1))  # not delivered yet: the session subscribes next
+    send(session, type="subscribe", topic="t", request_id="s1")
+    real_subscribe = broker.subscribe
+
+    def subscribe_while_an_event_arrives(*args, **kwargs):
+        subscription = real_subscribe(*args, **kwargs)
+        session.deliver(late)  # what the Redis listener hands over meanwhile
+        return subscription
+
+    broker.subscribe = subscribe_while_an_event_arrives
+    send(session, type="subscribe", topic="t", request_id="s2")
+    reader.read_until(lambda frames: len(frames) == 3)
+    first, event, second = reader.texts()
+    assert (first["request_id"], second["request_id"]) == ("s1", "s2")
+    assert event["type"] == "event" and event["message"]["seq"] == late.seq
