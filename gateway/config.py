@@ -25,6 +25,10 @@ LOG_LEVELS = {
 }
 
 
+# The deepest MAX_JSON_DEPTH: orjson writes at most 254 levels, and a stored payload sits
+# two levels inside its frame (gateway.jsondoc).
+DEEPEST_JSON = 250
+
 # The shortest JWT_SECRET_KEY accepted: HS256 keys shorter than its 32-byte output are
 # guessable offline from any one token (RFC 7518 §3.2 asks for at least this much).
 MIN_SECRET_BYTES = 32
@@ -84,7 +88,9 @@ class Settings:
         return origin in self.allowed_origins
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+def _int(
+    env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int | None = None
+) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -94,6 +100,8 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be <= {maximum}, got {value}")
     return value
 
 
@@ -172,7 +180,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         broker_url=broker_url,
         write_timeout_seconds=_int(env, "WRITE_TIMEOUT_SECONDS", 10, 1),
         shutdown_grace_seconds=_int(env, "SHUTDOWN_GRACE_SECONDS", 10, 0),
-        max_json_depth=_int(env, "MAX_JSON_DEPTH", 32, 2),
+        max_json_depth=_int(env, "MAX_JSON_DEPTH", 32, 2, DEEPEST_JSON),
         ring_buffer_bytes=_int(env, "RING_BUFFER_BYTES", 1 << 20, 0),
         login_rate_limit=_rate(env, "LOGIN_RATE_LIMIT", "10/minute"),
         publish_rate_limit=_rate(env, "PUBLISH_RATE_LIMIT", "100/second"),

@@ -26,15 +26,28 @@ def loads(data: str | bytes, max_depth: int) -> Any:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise JsonError(f"invalid JSON: {exc}") from None
-    if depth_exceeds(value, max_depth):
-        raise JsonError(f"JSON is nested deeper than {max_depth} levels")
+    check_depth(value, max_depth, data)
     return value
 
 
-def depth_exceeds(value: Any, limit: int) -> bool:
-    """Tell whether `value` nests containers more than `limit` deep (no recursion)."""
+def check_depth(value: Any, max_depth: int, text: str | bytes) -> None:
+    """Raise JsonError if `value` (parsed from `text`) nests deeper than `max_depth`."""
+    if depth_exceeds(value, max_depth, text):
+        raise JsonError(f"JSON is nested deeper than {max_depth} levels")
+
+
+def depth_exceeds(value: Any, limit: int, text: str | bytes | None = None) -> bool:
+    """Tell whether `value` nests containers more than `limit` deep (no recursion).
+
+    With the `text` it was parsed from, a document with no more brackets than `limit`
+    (every frame of ordinary size) is cleared by two counts in C instead of a walk.
+    """
     if type(value) not in (dict, list):
         return False
+    if text is not None:
+        square, curly = ("[", "{") if isinstance(text, str) else (b"[", b"{")
+        if text.count(square) + text.count(curly) <= limit:
+            return False
     stack = [(value, 1)]
     while stack:
         node, depth = stack.pop()

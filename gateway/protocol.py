@@ -55,7 +55,7 @@ class Unsubscribe:
 class Publish:
     topic: str
     message_id: str
-    payload: bytes  # the payload's JSON, encoded once here (see gateway.broker.Event)
+    payload: Any  # as parsed; `encode_payload` turns it into what the broker stores
     request_id: str | None
 
 
@@ -67,7 +67,7 @@ class Ping:
 Command = Subscribe | Unsubscribe | Publish | Ping
 
 
-def decode(data: str | bytes, max_depth: int = 32) -> Command:
+def decode(data: str | bytes, max_depth: int) -> Command:
     """Parse one client frame into a command, or raise ProtocolError(BAD_REQUEST).
 
     A frame nested deeper than `max_depth` (MAX_JSON_DEPTH) is refused whole.
@@ -83,10 +83,11 @@ def decode(data: str | bytes, max_depth: int = 32) -> Command:
     request_id = frame.get("request_id")
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError(BAD_REQUEST, "request_id must be a string")
-    if jsondoc.depth_exceeds(frame, max_depth):
+    try:
+        jsondoc.check_depth(frame, max_depth, data)
+    except jsondoc.JsonError as exc:
         # Parsed whole, so the reply can still name the request it refuses.
-        message = f"JSON is nested deeper than {max_depth} levels"
-        raise ProtocolError(BAD_REQUEST, message, request_id)
+        raise ProtocolError(BAD_REQUEST, str(exc), request_id) from None
     client_id = frame.get("client_id")
     if client_id is not None and not isinstance(client_id, str):
         raise ProtocolError(BAD_REQUEST, "client_id must be a string", request_id)
@@ -121,7 +122,7 @@ def _command(frame: dict, request_id: str | None) -> Command:
         raise ProtocolError(BAD_REQUEST, "message.id must be a non-empty string")
     if "payload" not in message:
         raise ProtocolError(BAD_REQUEST, "message.payload is required (null is allowed)")
-    return Publish(topic, message_id, encode_payload(message["payload"]), request_id)
+    return Publish(topic, message_id, message["payload"], request_id)
 
 
 def _subscribe(frame: dict, topic: str, request_id: str | None) -> Subscribe:

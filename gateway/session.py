@@ -30,7 +30,7 @@ class Session:
         user_id: str,
         broker: Broker,
         outbox: Outbox,
-        max_json_depth: int = 32,
+        max_json_depth: int,
         max_subscriptions: int = 0,
         publish_rate: Rate | None = None,
     ) -> None:
@@ -128,9 +128,11 @@ class Session:
                 f"publishing faster than {self._publish_rate}; retry in {wait:.2f}s",
                 command.request_id,
             )
+        # Encoded before the broker gives it a seq: a publish is all or nothing.
+        payload = protocol.encode_payload(command.payload)
         try:
             event = self._broker.publish(
-                command.topic, command.message_id, command.payload, publisher=self.user_id
+                command.topic, command.message_id, payload, publisher=self.user_id
             )
         except TopicNotFound:
             raise _not_found(command.topic, command.request_id) from None

@@ -143,3 +143,10 @@ def test_bad_rates_name_the_variable(value):
 def test_bad_limits_name_the_variable(name):
     with pytest.raises(ConfigError, match=name):
         load_settings({**BASE, name: "-1"})
+
+
+def test_a_json_depth_orjson_could_not_write_back_is_refused():
+    # orjson writes at most 254 levels: a deeper limit would accept what it cannot store.
+    with pytest.raises(ConfigError, match="MAX_JSON_DEPTH must be <= 250"):
+        load_settings({**BASE, "MAX_JSON_DEPTH": "255"})
+    assert load_settings({**BASE, "MAX_JSON_DEPTH": "250"}).max_json_depth == 250

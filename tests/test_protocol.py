@@ -15,7 +15,8 @@ ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 def decode(frame) -> protocol.Command:
-    return protocol.decode(json.dumps(frame) if not isinstance(frame, str | bytes) else frame)
+    text = json.dumps(frame) if not isinstance(frame, str | bytes) else frame
+    return protocol.decode(text, max_depth=32)
 
 
 def test_decodes_every_command():
@@ -25,8 +26,9 @@ def test_decodes_every_command():
     )
     assert decode({"type": "unsubscribe", "topic": "t"}) == protocol.Unsubscribe("t", None)
     publish = decode({"type": "publish", "topic": "t", "message": {"id": "m", "payload": [1]}})
-    # The payload is encoded once, at the door: what the broker stores and sends on.
-    assert publish == protocol.Publish("t", "m", b"[1]", None)
+    assert publish == protocol.Publish("t", "m", [1], None)
+    # Encoded once, before the broker gives it a seq: what the broker stores and sends on.
+    assert protocol.encode_payload(publish.payload) == b"[1]"
 
 
 def test_subscribe_resume_fields():
@@ -146,3 +148,14 @@ def test_stored_messages_round_trip_without_parsing_the_payload():
 def test_messages_stored_by_an_older_gateway_still_read():
     legacy = b'{"id":"m1","payload":{"a":1},"timestamp":3.0}'
     assert protocol.unpack_message(legacy) == ("m1", b'{"a":1}', 3.0)
+
+
+def test_the_bracket_count_shortcut_never_clears_a_deep_document():
+    from gateway import jsondoc
+
+    deep = "[" * 40 + "]" * 40
+    assert jsondoc.depth_exceeds(json.loads(deep), 32, deep)
+    # Brackets inside strings only make the count larger: then the walk decides.
+    shallow = json.dumps({"a": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["})
+    assert not jsondoc.depth_exceeds(json.loads(shallow), 32, shallow)
+    assert not jsondoc.depth_exceeds(json.loads(shallow), 32, shallow.encode())

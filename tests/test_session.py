@@ -23,7 +23,7 @@ def setup():
     broker.create_topic("t")
     server, client = socket.socketpair()
     outbox = Outbox(server, "c1", queue_size=100_000, write_timeout=5)
-    session = Session("c1", "u1", broker, outbox)
+    session = Session("c1", "u1", broker, outbox, max_json_depth=32)
     yield broker, session, WireReader(client)
     outbox.finish(2)
     server.close()
