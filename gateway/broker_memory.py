@@ -25,6 +25,10 @@ from gateway.broker import (
 )
 from gateway.fanout import Fanout
 
+# What a stored message adds to its payload and id: seq, timestamp and separators, as in the
+# Redis broker's entries ("seq:" + ["id",timestamp] + newline + payload).
+_ENTRY_OVERHEAD = 32
+
 
 class _Topic:
     """One topic's ring, last seq (also its message count), epoch, owner and idempotency keys."""
@@ -46,8 +50,9 @@ class _Topic:
     def keep(self, event: Event, ring_size: int, ring_bytes: int) -> None:
         """Add an event to the ring; the oldest go while it is over its count or bytes.
 
-        The bytes counted are those held: the payload's JSON and the frame. An event larger
-        than the budget empties the ring: history must stay contiguous up to the seq.
+        The bytes counted are the message's: its payload's JSON and its id, as the Redis
+        broker counts its stored entries. An event larger than the budget empties the ring:
+        history must stay contiguous up to the seq.
         """
         ring = self.ring
         ring.append(event)
@@ -79,7 +84,7 @@ class _Topic:
 
 
 def _held(event: Event) -> int:
-    return len(event.payload) + len(event.wire)
+    return len(event.payload) + len(event.id) + _ENTRY_OVERHEAD
 
 
 class MemoryBroker(Broker):
@@ -152,11 +157,14 @@ class MemoryBroker(Broker):
                     first.topic = topic
                     return first
             state.seq += 1
+            # The ring keeps the message without its frame, which only live delivery sends
+            # (a replay is framed anew): a stored message costs about its encoded size.
+            stored = Event(topic, message_id, payload, state.seq, now)
             event = Event(topic, message_id, payload, state.seq, now)
             # Cannot fail: the payload is JSON already (gateway.protocol.encode_payload).
             event.wire = self._encode(event)
             if self._ring_size:
-                state.keep(event, self._ring_size, self._quotas.ring_bytes)
+                state.keep(stored, self._ring_size, self._quotas.ring_bytes)
             if key is not None:
                 state.remember(key, event)
             self._fanout.deliver(event)

@@ -90,6 +90,12 @@ local entry = seq .. ':' .. ARGV[2]
 local keep = tonumber(ARGV[3])
 if keep > 0 then
   local most = tonumber(ARGV[5])
+  if redis.call('EXISTS', KEYS[6]) == 0 then
+    -- A ring without its byte count (kept by an older gateway): count it once.
+    local held = 0
+    for _, old in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do held = held + #old end
+    redis.call('SET', KEYS[6], held)
+  end
   redis.call('RPUSH', KEYS[3], entry)
   local size = redis.call('INCRBY', KEYS[6], #entry)
   local count = redis.call('LLEN', KEYS[3])
@@ -101,6 +107,8 @@ end
 if idem then
   local ttl = tonumber(ARGV[4])
   redis.call('SET', KEYS[5], epoch .. '|' .. seq .. ':' .. ARGV[7], 'EX', ttl)
+  -- A key used again after it expired is listed once, at the newest end.
+  redis.call('LREM', KEYS[7], 0, KEYS[5])
   redis.call('RPUSH', KEYS[7], KEYS[5])
   if redis.call('LLEN', KEYS[7]) > tonumber(ARGV[6]) then
     redis.call('DEL', redis.call('LPOP', KEYS[7]))
@@ -308,9 +316,11 @@ class RedisBroker(Broker):
             self._key("idemkeys", topic),
         ]
         body = self._pack(message_id, payload, time.time())
-        # What a duplicate is told: the message without its payload.
-        head = body[: body.index(b"\n") + 1]
-        ttl = IDEMPOTENCY_SECONDS if idempotency_key is not None else ""
+        if idempotency_key is None:
+            ttl, head = "", b""
+        else:
+            # What a duplicate is told: the message without its payload.
+            ttl, head = IDEMPOTENCY_SECONDS, body[: body.index(b"\n") + 1]
         args = [
             topic,
             body,
@@ -349,7 +359,15 @@ class RedisBroker(Broker):
         # what the channel brings late at or below the snapshot's seq is skipped (floor).
         # The ring never holds more than ring_size: a larger last_n asks for all of it.
         depth = self._ring_size if since_seq is not None else min(last_n, self._ring_size)
-        seq, current_epoch, ring = self._snapshot(topic, depth)
+        try:
+            seq, current_epoch, ring = self._snapshot(topic, depth)
+        except Exception:
+            # Not subscribed after all: a retry must find no half-made subscription.
+            with self._lock:
+                removed = self._fanout.remove(topic, subscriber)
+            if removed:
+                self._count(topic, -1)
+            raise
         with self._lock:
             self._fanout.set_floor(topic, subscriber, seq)
         if since_seq is not None:
@@ -404,21 +422,34 @@ class RedisBroker(Broker):
             return True  # not counted: release_connection finds nothing to release
         others = self._alive_workers() - {self._worker}
         keys = [self._key("conns", w) for w in (self._worker, *sorted(others))]
-        if not self._claim_script(keys=keys, args=[user, limit, int(WORKER_TTL * 2)]):
-            return False
+        # Counted here first: a heartbeat that rewrites the map from these local counts
+        # while the script runs must not lose the claim.
         with self._lock:
             self._connections[user] = self._connections.get(user, 0) + 1
-        return True
+        try:
+            claimed = self._claim_script(keys=keys, args=[user, limit, int(WORKER_TTL * 2)])
+        except BaseException:
+            self._forget_connection(user)
+            raise
+        if not claimed:
+            self._forget_connection(user)
+        return bool(claimed)
 
-    def release_connection(self, user: str) -> None:
+    def _forget_connection(self, user: str) -> bool:
+        """Take one connection of `user` off the local count; False if it had none."""
         with self._lock:
             left = self._connections.get(user, 0) - 1
             if left < 0:
-                return
+                return False
             if left:
                 self._connections[user] = left
             else:
                 del self._connections[user]
+            return True
+
+    def release_connection(self, user: str) -> None:
+        if not self._forget_connection(user):
+            return  # never counted (no limit)
         try:
             self._redis.hincrby(self._key("conns", self._worker), user, -1)
         except redis.RedisError as exc:

@@ -160,3 +160,21 @@ def test_problems_name_an_unreachable_redis(server, make_broker):
     assert "broker" in broker.problems()
     server.start()
     wait_ready(broker)
+
+
+def test_a_ring_kept_by_an_older_gateway_gets_its_byte_count(server, make_broker):
+    # Older gateways kept no byte count: the first publish counts the ring once, so that
+    # RING_BUFFER_BYTES holds for it too (the count once went negative).
+    broker = make_broker(ring_size=100)
+    broker.create_topic("t")
+    admin = redis.Redis.from_url(server.url)
+    old = [f'{i}:{{"id":"o{i}","payload":"{"x" * 100}","timestamp":1.0}}'.encode() for i in (1, 2)]
+    admin.rpush("gw:ring:t", *old)
+    admin.set("gw:seq:t", 2)
+    admin.delete("gw:ringbytes:t")
+    broker.publish("t", "new", enc("y"))
+    ring = admin.lrange("gw:ring:t", 0, -1)
+    assert len(ring) == 3
+    assert int(admin.get("gw:ringbytes:t")) == sum(len(entry) for entry in ring)
+    assert [e.id for e in broker.history("t").events] == ["o1", "o2", "new"]
+    admin.close()
