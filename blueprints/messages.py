@@ -110,19 +110,16 @@ def events(name: str):
         since_seq = _seq_arg(request.args.get("since_seq"), "since_seq")
     settings = get_settings()
     hub = get_hub()
-    broker = get_broker()
-    user_id = g.user_id
     # SSE streams count like WebSockets: against the worker's capacity and the user's
     # connections; the stream gives its claim back when it closes.
-    policy.admit_connection(user_id, "sse")
-    g.connection_claimed = False
+    policy.admit_connection(g.user_id, "sse")
 
     def on_close(stream: SseStream) -> None:
         hub.remove_stream(stream)
-        broker.release_connection(user_id)
+        claim.release()
 
     stream = SseStream(
-        broker,
+        get_broker(),
         name,
         settings.subscriber_queue_size,
         settings.heartbeat_interval,
@@ -131,6 +128,7 @@ def events(name: str):
         stream_id=g.request_id,
     )
     hub.add_stream(stream)
+    claim = policy.take_claim()
     try:
         stream.subscribe(since_seq, request.args.get("epoch") or None)
     except BaseException as exc:

@@ -128,7 +128,7 @@ def websocket(ws):
         get_broker(),
         get_hub(),
     )
-    g.connection_claimed = False  # the connection releases its claim when it ends
+    conn.claim = policy.take_claim()  # released when the connection ends
     conn.open(request.remote_addr)
     if parks:
         # The connection lives on without this handler: flask-sock's close after we return
@@ -174,9 +174,3 @@ def _take_protocol(ws):
     wsconn = ws.ws
     wsconn.handshake = None
     return wsconn.connection
-
-
-@bp.teardown_request
-def release_unused_claim(exc: BaseException | None) -> None:
-    """Give back a connection claim that no connection took over (the upgrade failed)."""
-    policy.release_claim()

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from flask import Flask, g, request
 from flask_cors import CORS
 
-from gateway import protocol, wsframes
+from gateway import policy, protocol, wsframes
 from gateway.auth import init_jwt
 from gateway.broker import Broker, Quotas
 from gateway.broker_memory import MemoryBroker
@@ -80,6 +80,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     app.register_blueprint(topics.bp)
     app.register_blueprint(messages.bp)
     app.register_blueprint(ws.bp)
+    policy.init_app(app)
     return app
 
 

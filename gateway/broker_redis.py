@@ -223,6 +223,10 @@ class RedisBroker(Broker):
         self._wanted: list[str] = []  # topics whose channel the listener should subscribe
         self._connected = False  # the listener holds a live pub/sub connection
         self._connections: dict[str, int] = {}  # open connections per user, this worker
+        # Orders claims, releases and the heartbeat's rewrite of this worker's connection
+        # counts in Redis. Unlike `_lock`, it is held across a Redis call: it only ever
+        # makes one connection's upgrade wait for another's.
+        self._conns_lock = threading.Lock()
         self._listener = Loop("redis-listener", self._listen, self._stopping).start()
         self._beat = Loop("redis-heartbeat", self._heartbeat, self._stopping).start()
 
@@ -422,18 +426,12 @@ class RedisBroker(Broker):
             return True  # not counted: release_connection finds nothing to release
         others = self._alive_workers() - {self._worker}
         keys = [self._key("conns", w) for w in (self._worker, *sorted(others))]
-        # Counted here first: a heartbeat that rewrites the map from these local counts
-        # while the script runs must not lose the claim.
-        with self._lock:
-            self._connections[user] = self._connections.get(user, 0) + 1
-        try:
-            claimed = self._claim_script(keys=keys, args=[user, limit, int(WORKER_TTL * 2)])
-        except BaseException:
-            self._forget_connection(user)
-            raise
-        if not claimed:
-            self._forget_connection(user)
-        return bool(claimed)
+        with self._conns_lock:
+            if not self._claim_script(keys=keys, args=[user, limit, int(WORKER_TTL * 2)]):
+                return False
+            with self._lock:
+                self._connections[user] = self._connections.get(user, 0) + 1
+        return True
 
     def _forget_connection(self, user: str) -> bool:
         """Take one connection of `user` off the local count; False if it had none."""
@@ -448,10 +446,11 @@ class RedisBroker(Broker):
             return True
 
     def release_connection(self, user: str) -> None:
-        if not self._forget_connection(user):
-            return  # never counted (no limit)
         try:
-            self._redis.hincrby(self._key("conns", self._worker), user, -1)
+            with self._conns_lock:
+                if not self._forget_connection(user):
+                    return  # never counted (no limit)
+                self._redis.hincrby(self._key("conns", self._worker), user, -1)
         except redis.RedisError as exc:
             self._counts_stale = True  # the heartbeat rewrites the map from the local truth
             log.warning("redis_count_failed what=connections error=%s", exc)
@@ -516,21 +515,24 @@ class RedisBroker(Broker):
             now = time.time()
             try:
                 pipe = self._redis.pipeline(transaction=True)
-                if self._counts_stale:
-                    self._counts_stale = False
-                    with self._lock:
-                        counts = self._fanout.counts()
-                        connections = dict(self._connections)
-                    pipe.delete(key, conns_key)
-                    if counts:
-                        pipe.hset(key, mapping=counts)
-                    if connections:
-                        pipe.hset(conns_key, mapping=connections)
-                pipe.expire(key, int(WORKER_TTL * 2))
-                pipe.expire(conns_key, int(WORKER_TTL * 2))
-                pipe.zadd(self._workers_key, {self._worker: now})
-                pipe.zremrangebyscore(self._workers_key, "-inf", now - WORKER_TTL)
-                pipe.execute()
+                # No claim or release may run between reading the local counts and
+                # writing them: it would be lost or counted twice.
+                with self._conns_lock:
+                    if self._counts_stale:
+                        self._counts_stale = False
+                        with self._lock:
+                            counts = self._fanout.counts()
+                            connections = dict(self._connections)
+                        pipe.delete(key, conns_key)
+                        if counts:
+                            pipe.hset(key, mapping=counts)
+                        if connections:
+                            pipe.hset(conns_key, mapping=connections)
+                    pipe.expire(key, int(WORKER_TTL * 2))
+                    pipe.expire(conns_key, int(WORKER_TTL * 2))
+                    pipe.zadd(self._workers_key, {self._worker: now})
+                    pipe.zremrangebyscore(self._workers_key, "-inf", now - WORKER_TTL)
+                    pipe.execute()
             except redis.RedisError as exc:
                 self._counts_stale = True
                 log.warning("redis_heartbeat_failed error=%s", exc)

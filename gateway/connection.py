@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 from wsproto.connection import Connection as WsConnection
 
@@ -25,6 +26,9 @@ from gateway.hub import Hub
 from gateway.outbox import Outbox
 from gateway.reader import RECV_BYTES, FrameReader, read_frames
 from gateway.session import Session
+
+if TYPE_CHECKING:
+    from gateway.policy import Claim
 
 log = logging.getLogger("gateway.ws")
 
@@ -42,6 +46,7 @@ class Connection:
         "_finish_timeout",
         "_started",
         "_watcher",
+        "claim",
     )
 
     def __init__(
@@ -74,6 +79,8 @@ class Connection:
         self._finish_timeout = settings.write_timeout_seconds + 1
         self._started = time.monotonic()
         self._watcher = None
+        # The user's count in MAX_CONNECTIONS_PER_USER (gateway.policy), released at the end.
+        self.claim: Claim | None = None
 
     def open(self, peer: str | None) -> None:
         """Register the session with the hub (heartbeats, shutdown)."""
@@ -165,8 +172,8 @@ class Connection:
             self.session.close()
             self.outbox.finish(self._finish_timeout)
         finally:
-            # Counted by the upgrade (MAX_CONNECTIONS_PER_USER), released here, once.
-            self.session.release_connection()
+            if self.claim is not None:
+                self.claim.release()
             if close_socket:
                 self.sock.close()
             self._hub.remove(self.session)

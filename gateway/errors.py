@@ -9,13 +9,12 @@ from werkzeug.exceptions import HTTPException
 
 from gateway.broker import BrokerUnavailable, LimitExceeded
 
+# The machine-readable `code` a 429 carries beside `error` is the one WebSocket error frames
+# use: a client backs off differently from a rate limit (retry later) and a quota (free
+# something first).
+from gateway.protocol import LIMIT_EXCEEDED
+
 log = logging.getLogger("gateway.http")
-
-
-# The machine-readable `code` that a 429 carries beside `error`: a client backs off
-# differently from a rate limit (retry later) and a quota (free something first).
-RATE_LIMITED = "RATE_LIMITED"
-LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
 
 
 class ApiError(Exception):

@@ -296,9 +296,7 @@ class Outbox:
             # for good. Log, cut the connection, and let the reader end it.
             log.exception("writer_failed conn=%s", self.conn_id)
             with self._lock:
-                self._state = CLOSED
-                self._frames.clear()
-                self._writer = None
+                self._gone()
             self._cut()
 
     def _send(self, data: bytes, timeout: float | None = None) -> None:
@@ -318,8 +316,9 @@ class Outbox:
             if remaining <= 0 or not self._sender.wait_writable(remaining):
                 raise WriteTimeout(bytes(view))
 
-    def _gone(self, exc: OSError) -> None:
-        log.debug("write_failed conn=%s error=%s", self.conn_id, exc)
+    def _gone(self, exc: OSError | None = None) -> None:
+        if exc is not None:
+            log.debug("write_failed conn=%s error=%s", self.conn_id, exc)
         self._state = CLOSED
         self._frames.clear()
         self._writer = None

@@ -31,7 +31,8 @@ from flask_limiter import Limiter, RateLimitExceeded, RequestLimit
 from werkzeug.exceptions import HTTPException
 
 from gateway.config import Rate, Settings
-from gateway.errors import RATE_LIMITED, error_response
+from gateway.errors import error_response
+from gateway.protocol import RATE_LIMITED
 
 log = logging.getLogger("gateway.http")
 

@@ -104,13 +104,6 @@ class Session:
         """Drop every subscription of this connection."""
         self._broker.unsubscribe_all(self)
 
-    def release_connection(self) -> None:
-        """Stop counting this connection against its user's MAX_CONNECTIONS_PER_USER."""
-        try:
-            self._broker.release_connection(self.user_id)
-        except Exception:  # noqa: BLE001 - the broker repairs its counts itself
-            log.warning("release_connection_failed conn=%s", self.conn_id, exc_info=True)
-
     def _dispatch(self, command: protocol.Command) -> None:
         if isinstance(command, protocol.Publish):
             self._publish(command)
