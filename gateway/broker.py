@@ -212,6 +212,10 @@ class Broker(ABC):
         """Remove every subscription of a subscriber that went away."""
 
     @abstractmethod
+    def following(self, subscriber: Subscriber) -> frozenset[str]:
+        """Return the topics a local subscriber follows (MAX_SUBSCRIPTIONS_PER_CONNECTION)."""
+
+    @abstractmethod
     def subscriber_count(self) -> int:
         """Return the number of (subscriber, topic) subscriptions."""
 

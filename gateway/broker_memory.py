@@ -208,6 +208,10 @@ class MemoryBroker(Broker):
                 raise TopicNotFound(topic)
             self._fanout.remove(topic, subscriber)
 
+    def following(self, subscriber: Subscriber) -> frozenset[str]:
+        with self._lock:
+            return self._fanout.topics_of(subscriber)
+
     def unsubscribe_all(self, subscriber: Subscriber) -> None:
         with self._lock:
             self._fanout.remove_all(subscriber)

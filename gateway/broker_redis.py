@@ -410,6 +410,10 @@ class RedisBroker(Broker):
         if removed:
             self._count(topic, -1)
 
+    def following(self, subscriber: Subscriber) -> frozenset[str]:
+        with self._lock:
+            return self._fanout.topics_of(subscriber)
+
     def unsubscribe_all(self, subscriber: Subscriber) -> None:
         with self._lock:
             topics = self._fanout.remove_all(subscriber)

@@ -81,6 +81,10 @@ class Fanout:
                         # A fault in one subscriber must not cost the others their event.
                         log.exception("deliver_failed topic=%s seq=%d", event.topic, seq)
 
+    def topics_of(self, subscriber: Subscriber) -> frozenset[str]:
+        """Return the topics a subscriber follows."""
+        return frozenset(self._by_subscriber.get(subscriber, ()))
+
     def count(self, topic: str) -> int:
         """Return the number of local subscribers of a topic."""
         return len(self._topics.get(topic, ()))

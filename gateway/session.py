@@ -24,6 +24,21 @@ log = logging.getLogger("gateway.ws")
 class Session:
     """The command handler and Subscriber of one WebSocket connection."""
 
+    # One per open connection, most of them idle: slots keep each a few hundred bytes smaller.
+    __slots__ = (
+        "conn_id",
+        "user_id",
+        "outbox",
+        "_broker",
+        "_max_json_depth",
+        "_max_subscriptions",
+        "_publish_rate",
+        "_bucket",
+        "_lock",
+        "_held",
+        "__weakref__",
+    )
+
     def __init__(
         self,
         conn_id: str,
@@ -40,9 +55,6 @@ class Session:
         self._broker = broker
         self._max_json_depth = max_json_depth
         self._max_subscriptions = max_subscriptions  # 0: no limit
-        # Topics this connection follows (their count is what MAX_SUBSCRIPTIONS_PER_CONNECTION
-        # bounds); a deleted topic leaves it through `topic_deleted`.
-        self._topics: set[str] = set()
         # PUBLISH_RATE_LIMIT per connection, in process: a burst of the rate's count.
         self._publish_rate = publish_rate
         self._bucket = TokenBucket(publish_rate) if publish_rate is not None else None
@@ -65,7 +77,6 @@ class Session:
 
     def topic_deleted(self, topic: str) -> None:
         """Tell the client that a topic it subscribed to is gone."""
-        self._topics.discard(topic)
         self.outbox.push(wsframes.text(protocol.topic_deleted(topic)))
 
     # Commands ------------------------------------------------------------------------
@@ -133,11 +144,12 @@ class Session:
 
     def _subscribe(self, command: protocol.Subscribe) -> None:
         topic = command.topic
-        if topic in self._topics:
+        following = self._broker.following(self)
+        if topic in following:
             self._subscribe_again(command)
             return
         limit = self._max_subscriptions
-        if limit and len(self._topics) >= limit:
+        if limit and len(following) >= limit:
             raise ProtocolError(
                 protocol.LIMIT_EXCEEDED,
                 f"this connection already follows the maximum of {limit} topics",
@@ -155,7 +167,6 @@ class Session:
             if isinstance(exc, TopicNotFound):
                 raise _not_found(topic, command.request_id) from None
             raise
-        self._topics.add(topic)
         with self._lock:
             held = self._held[topic]
             self._reply(_subscribe_ack(command, subscription))
@@ -193,7 +204,6 @@ class Session:
     def _unsubscribe(self, command: protocol.Unsubscribe) -> None:
         try:
             self._broker.unsubscribe(command.topic, self)
-            self._topics.discard(command.topic)
         except TopicNotFound:
             raise _not_found(command.topic, command.request_id) from None
         self._reply(protocol.ack(command.topic, command.request_id))
