@@ -646,17 +646,7 @@ class RawWS:
         self.buf += chunk
 
     def send_frame(self, opcode: int, payload: bytes, fin: bool = True) -> None:
-        head = bytes([(0x80 if fin else 0) | opcode])
-        n = len(payload)
-        if n < 126:
-            head += bytes([0x80 | n])
-        elif n < 65536:
-            head += bytes([0x80 | 126]) + struct.pack("!H", n)
-        else:
-            head += bytes([0x80 | 127]) + struct.pack("!Q", n)
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(head + mask + masked)
+        self.sock.sendall(client_frame(opcode, payload, fin))
 
     def send_json(self, obj: Any) -> None:
         self.send_frame(0x1, json.dumps(obj).encode())
@@ -732,3 +722,59 @@ class RawWS:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+def client_frame(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
+    """One masked client frame (RFC 6455 §5.2)."""
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+    mask = os.urandom(4)
+    if not n:
+        return head + mask
+    key = (mask * (n // 4 + 1))[:n]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
+    return head + mask + masked
+
+
+def post_from(port: int, ip: str, path: str, body: dict, timeout: float = 10.0) -> Response:
+    """POST JSON from source address `ip` (any of 127.0.0.0/8) on a new TCP connection."""
+    conn = HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=(ip, 0))
+    try:
+        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    finally:
+        conn.close()
+
+
+def read_head(sock: socket.socket, deadline: float) -> tuple[int, dict[str, str], bytes]:
+    """Read a raw HTTP response's head; return its status, headers and what followed it."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = sock.recv(65536)
+        assert chunk, f"server closed without a full response: {buf!r}"
+        buf += chunk
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split(" ", 2)[1]), headers, rest
+
+
+def read_body(sock: socket.socket, body: bytes, length: int, deadline: float) -> bytes:
+    """Read until `body` holds `length` bytes."""
+    while len(body) < length:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = sock.recv(65536)
+        assert chunk, f"server closed mid-body: {body!r}"
+        body += chunk
+    return body

@@ -11,7 +11,7 @@ import time
 import urllib.parse
 
 import pytest
-from harness import http, register
+from harness import http, read_body, read_head, register
 
 GOOD_KEY = base64.b64encode(os.urandom(16)).decode()
 SHORT_KEY = base64.b64encode(os.urandom(8)).decode()
@@ -45,25 +45,10 @@ def exchange(port: int, data: bytes, timeout: float = 5.0) -> tuple[int, dict[st
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(data)
         deadline = time.monotonic() + timeout
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            sock.settimeout(max(0.01, deadline - time.monotonic()))
-            chunk = sock.recv(65536)
-            assert chunk, f"server closed without a full response: {buf!r}"
-            buf += chunk
-        head, body = buf.split(b"\r\n\r\n", 1)
-        status_line, *header_lines = head.decode("latin-1").split("\r\n")
-        headers = {}
-        for line in header_lines:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
+        status, headers, body = read_head(sock, deadline)
         length = 0 if data.startswith(b"HEAD ") else int(headers.get("content-length", "0"))
-        while len(body) < length:
-            sock.settimeout(max(0.01, deadline - time.monotonic()))
-            chunk = sock.recv(65536)
-            assert chunk, f"server closed mid-body: {body!r}"
-            body += chunk
-    return int(status_line.split(" ", 2)[1]), headers, body
+        body = read_body(sock, body, length, deadline)
+    return status, headers, body
 
 
 def ws_target(token: str) -> str:

@@ -28,7 +28,6 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http.client import HTTPConnection
 from pathlib import Path
 
 import pytest
@@ -40,8 +39,12 @@ from harness import (
     Response,
     Server,
     check_event,
+    client_frame,
     http,
     http_full,
+    post_from,
+    read_body,
+    read_head,
     read_until,
     stats_topic,
     unique,
@@ -115,17 +118,6 @@ def fresh_address() -> str:
     """Return a loopback address that no request of this run has come from yet."""
     with _ADDRESSES_LOCK:
         return next(_ADDRESSES)
-
-
-def post_from(port: int, ip: str, path: str, body: dict, timeout: float = 10.0) -> Response:
-    """POST JSON from source address `ip` on a new TCP connection."""
-    conn = HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=(ip, 0))
-    try:
-        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
-    finally:
-        conn.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,24 +417,6 @@ def publish_text(topic: str, request_id: str, payload_json: str, msg_id: str) ->
     return json.dumps(frame).replace('"__PAYLOAD__"', payload_json)
 
 
-def client_frame(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
-    """One masked client frame (RFC 6455 §5.2)."""
-    head = bytes([(0x80 if fin else 0) | opcode])
-    n = len(payload)
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
-    mask = os.urandom(4)
-    if not n:
-        return head + mask
-    key = (mask * (n // 4 + 1))[:n]
-    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
-    return head + mask + masked
-
-
 def flood(sock: socket.socket, frame: bytes, count: int, per_send: int = 500) -> int:
     """Send `frame` count times in big writes; return how many went out before an error."""
     sock.settimeout(20)
@@ -527,28 +501,11 @@ def raw_get(port: int, target: str, headers: dict[str, str], timeout: float = 5.
     lines += [f"{k}: {v}" for k, v in headers.items()]
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
     deadline = time.monotonic() + timeout
-    buf = b""
     try:
-        while b"\r\n\r\n" not in buf:
-            sock.settimeout(max(0.01, deadline - time.monotonic()))
-            chunk = sock.recv(65536)
-            assert chunk, f"server closed without a full response: {buf!r}"
-            buf += chunk
-        head, body = buf.split(b"\r\n\r\n", 1)
-        status_line, *header_lines = head.decode("latin-1").split("\r\n")
-        status = int(status_line.split(" ", 2)[1])
-        hdrs = {}
-        for line in header_lines:
-            name, _, value = line.partition(":")
-            hdrs[name.strip().lower()] = value.strip()
+        status, hdrs, body = read_head(sock, deadline)
         if status == 101 or hdrs.get("content-type", "").startswith("text/event-stream"):
             return RawReply(status, hdrs, body, sock)
-        length = int(hdrs.get("content-length", "0"))
-        while len(body) < length:
-            sock.settimeout(max(0.01, deadline - time.monotonic()))
-            chunk = sock.recv(65536)
-            assert chunk, f"server closed mid-body: {body!r}"
-            body += chunk
+        body = read_body(sock, body, int(hdrs.get("content-length", "0")), deadline)
     except BaseException:
         sock.close()
         raise

@@ -8,15 +8,13 @@ a test can tell the per-address budget from the per-username one.
 
 from __future__ import annotations
 
-import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from http.client import HTTPConnection
 from pathlib import Path
 
 import pytest
 import redis
-from harness import PASSWORD, Response, unique, ws_connect
+from harness import PASSWORD, Response, post_from, unique, ws_connect
 
 # tests/ holds redis_server.py; make it importable whatever pytest's import mode is.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,23 +24,14 @@ from redis_server import RedisServer  # noqa: E402
 WRONG = "not-the-password"
 
 
-def post_from(server, ip: str, path: str, body: dict, timeout: float = 10.0) -> Response:
-    """POST JSON from source address `ip` on a new TCP connection."""
-    conn = HTTPConnection("127.0.0.1", server.port, timeout=timeout, source_address=(ip, 0))
-    try:
-        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
-    finally:
-        conn.close()
-
-
 def login_from(server, ip: str, username: str, password: str = WRONG) -> Response:
-    return post_from(server, ip, "/users/login", {"username": username, "password": password})
+    return post_from(server.port, ip, "/users/login", {"username": username, "password": password})
 
 
 def register_from(server, ip: str, username: str) -> str:
-    resp = post_from(server, ip, "/users/register", {"username": username, "password": PASSWORD})
+    resp = post_from(
+        server.port, ip, "/users/register", {"username": username, "password": PASSWORD}
+    )
     assert resp.status == 201, (resp.status, resp.body)
     return resp.json["token"]
 
