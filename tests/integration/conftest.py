@@ -18,8 +18,10 @@ def server_factory(tmp_path):
     """Start servers with per-test settings: server_factory(env={...}, kind=..., args=(...), nofile=N)."""
     started: list[Server] = []
 
-    def start(env=None, kind="gunicorn", args=(), wait=True, nofile=None) -> Server:
-        srv = Server(tmp_path, env=env, kind=kind, args=tuple(args), nofile=nofile)
+    def start(env=None, kind="gunicorn", args=(), wait=True, nofile=None, wrapper=()) -> Server:
+        srv = Server(
+            tmp_path, env=env, kind=kind, args=tuple(args), nofile=nofile, wrapper=tuple(wrapper)
+        )
         started.append(srv)
         return srv.start() if wait else srv.launch()
 

@@ -126,6 +126,7 @@ class Server:
         kind: str = "gunicorn",
         args: tuple[str, ...] = (),
         nofile: int | None = None,
+        wrapper: tuple[str, ...] = (),
     ):
         self.kind = kind
         self.nofile = nofile  # the process's open-files limit (soft and hard), if set
@@ -174,6 +175,8 @@ class Server:
             ]
         else:
             raise ValueError(kind)
+        # A command the server runs under (e.g. setpriv, to drop a capability).
+        self.cmd = [*wrapper, *self.cmd]
 
     # -- lifecycle
     def launch(self) -> Server:
