@@ -8,7 +8,16 @@ import time
 from http.client import HTTPException
 
 import pytest
-from harness import RawClosed, RawWS, check_event, create_topic, http, register, ws_connect
+from harness import (
+    RawClosed,
+    RawWS,
+    check_event,
+    create_topic,
+    http,
+    register,
+    wait_until,
+    ws_connect,
+)
 from websockets.exceptions import InvalidStatus
 
 GRACE = 4
@@ -59,10 +68,12 @@ def test_sigterm_flushes_queued_events_then_shutdown_and_1001(server_factory, ta
         srv.send_signal()
     else:
         os.killpg(srv.proc.pid, signal.SIGTERM)
-    time.sleep(0.2)  # well inside the grace period, while the subscriber holds unread events
+    # The drain has begun (well inside the grace period, the subscriber holding unread events).
+    wait_until(lambda: "shutdown_begin" in srv.log_text(), 5, what="the drain to begin")
     outcome = new_connection_outcome(srv, token)
     # Read only after gunicorn's own wait would have ended (its pool empties at once, since
     # upgraded sockets leave it): the worker must be waiting for the drain, not for gunicorn.
+    # Deliberate elapsed time, not synchronisation.
     time.sleep(2.0)
 
     frames = []
