@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import orjson
 import pytest
@@ -269,10 +270,30 @@ def test_unknown_log_level_is_a_config_error():
         create_app(config(LOG_LEVEL="loud"))
 
 
-@pytest.mark.parametrize("level", ["debug", "info", "warn", "warning", "error"])
-def test_documented_log_levels_are_accepted(level):
+@pytest.mark.parametrize(
+    ("level", "number"),
+    [("debug", 10), ("info", 20), ("warn", 30), ("warning", 30), ("error", 40)],
+)
+def test_documented_log_levels_set_the_gateway_loggers_level(level, number):
     app = create_app(config(LOG_LEVEL=level))
-    assert app.test_client().get("/health").status_code == 200
+    assert logging.getLogger("gateway").level == number
+    # A request line is logged at info: it shows exactly when the level lets info through.
+    handler = _Collect()
+    logging.getLogger("gateway").addHandler(handler)
+    try:
+        assert app.test_client().get("/health").status_code == 200
+    finally:
+        logging.getLogger("gateway").removeHandler(handler)
+    assert any("path=/health" in line for line in handler.lines) == (number <= 20)
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
 def test_ring_buffer_size_is_used(make_app, auth_headers):
