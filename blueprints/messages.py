@@ -12,7 +12,7 @@ from flask_jwt_extended import get_jwt_identity, jwt_required
 from blueprints.topics import valid_topic_name
 from gateway import policy, protocol
 from gateway.auth import AuthError, token_from, verify
-from gateway.broker import TopicNotFound
+from gateway.brokers import TopicNotFound
 from gateway.errors import ApiError, error_response
 from gateway.http import json_body, json_response
 from gateway.ratelimit import publish_limited

@@ -8,7 +8,7 @@ import re
 from flask import Blueprint
 from flask_jwt_extended import get_jwt_identity, jwt_required
 
-from gateway.broker import TopicExists, TopicNotFound
+from gateway.brokers import TopicExists, TopicNotFound
 from gateway.errors import ApiError
 from gateway.http import json_body, json_response
 from gateway.state import get_broker, get_hub, get_user_store, uptime_seconds

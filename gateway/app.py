@@ -16,8 +16,7 @@ from flask_cors import CORS
 
 from gateway import policy, protocol, wsframes
 from gateway.auth import init_jwt
-from gateway.broker import Broker, Quotas
-from gateway.broker_memory import MemoryBroker
+from gateway.brokers import Broker, MemoryBroker, Quotas
 from gateway.config import POSTGRES_SCHEMES, Settings, load_settings
 from gateway.errors import error_response, register_error_handlers
 from gateway.hub import Hub
@@ -96,7 +95,7 @@ def _make_broker(settings: Settings) -> Broker:
     if settings.broker_url == "memory://":
         return MemoryBroker(settings.ring_buffer_size, encode, quotas)
     # Imported only when used: redis must load after gevent has patched the worker.
-    from gateway.broker_redis import RedisBroker
+    from gateway.brokers.redis import RedisBroker
 
     return RedisBroker(
         settings.broker_url,

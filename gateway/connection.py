@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from wsproto.connection import Connection as WsConnection
 
-from gateway.broker import Broker
+from gateway.brokers import Broker
 from gateway.config import Settings
 from gateway.hub import Hub
 from gateway.outbox import Outbox

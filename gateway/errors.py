@@ -7,7 +7,7 @@ import logging
 from flask import Flask, g, jsonify
 from werkzeug.exceptions import HTTPException
 
-from gateway.broker import BrokerUnavailable, LimitExceeded
+from gateway.brokers import BrokerUnavailable, LimitExceeded
 
 # The machine-readable `code` a 429 carries beside `error` is the one WebSocket error frames
 # use: a client backs off differently from a rate limit (retry later) and a quota (free

@@ -10,7 +10,7 @@ import logging
 
 from flask import Flask, g
 
-from gateway.broker import Broker, LimitExceeded
+from gateway.brokers import Broker, LimitExceeded
 from gateway.errors import ApiError
 from gateway.state import get_broker, get_hub, get_settings
 

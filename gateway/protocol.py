@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from gateway import jsondoc
-from gateway.broker import Event
+from gateway.brokers import Event
 
 BAD_REQUEST = "BAD_REQUEST"
 TOPIC_NOT_FOUND = "TOPIC_NOT_FOUND"

@@ -12,7 +12,7 @@ import logging
 import threading
 
 from gateway import protocol, wsframes
-from gateway.broker import Broker, BrokerUnavailable, Event, Subscription, TopicNotFound
+from gateway.brokers import Broker, BrokerUnavailable, Event, Subscription, TopicNotFound
 from gateway.config import Rate
 from gateway.outbox import Outbox
 from gateway.protocol import ProtocolError

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 import orjson
 
 from gateway import protocol
-from gateway.broker import Broker, Event, Subscription
+from gateway.brokers import Broker, Event, Subscription
 from gateway.wire import is_gevent_socket
 
 log = logging.getLogger("gateway.sse")

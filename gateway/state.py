@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from flask import current_app
 
-from gateway.broker import Broker
+from gateway.brokers import Broker
 from gateway.config import Settings
 from gateway.hub import Hub
 from gateway.users import UserStore

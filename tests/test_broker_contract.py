@@ -11,15 +11,15 @@ from orjson import loads
 from redis_server import RedisServer
 
 from gateway import protocol
-from gateway.broker import (
+from gateway.brokers import (
     IDEMPOTENCY_KEYS_PER_TOPIC,
     Event,
     LimitExceeded,
+    MemoryBroker,
     Quotas,
     TopicExists,
     TopicNotFound,
 )
-from gateway.broker_memory import MemoryBroker
 
 
 class Recorder:
@@ -72,7 +72,7 @@ def make_broker(request):
         if request.param == "memory":
             broker = MemoryBroker(ring_size, encode, quotas)
         else:
-            from gateway.broker_redis import RedisBroker
+            from gateway.brokers.redis import RedisBroker
 
             server = request.getfixturevalue("redis_server")
             prefix = f"t{time.monotonic_ns()}"

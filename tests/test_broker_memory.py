@@ -8,8 +8,7 @@ import gevent
 import pytest
 from orjson import dumps as enc
 
-from gateway.broker import Event
-from gateway.broker_memory import MemoryBroker
+from gateway.brokers import Event, MemoryBroker
 
 
 class Recorder:

@@ -12,8 +12,8 @@ from redis_server import RedisServer
 from test_broker_contract import Recorder, encode
 
 from gateway import protocol
-from gateway.broker import BrokerUnavailable
-from gateway.broker_redis import RedisBroker
+from gateway.brokers import BrokerUnavailable
+from gateway.brokers.redis import RedisBroker
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from gateway import protocol, wsframes
-from gateway.broker import Event
+from gateway.brokers import Event
 from gateway.protocol import BAD_REQUEST, ProtocolError
 
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from gateway import protocol
-from gateway.broker import BrokerUnavailable, Event, Subscription
+from gateway.brokers import BrokerUnavailable, Event, Subscription
 from gateway.sse import SseStream
 from gateway.state import get_broker, get_hub
 

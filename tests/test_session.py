@@ -11,7 +11,7 @@ from orjson import dumps as enc
 from wire_reader import WireReader
 
 from gateway import protocol, wsframes
-from gateway.broker_memory import MemoryBroker
+from gateway.brokers import MemoryBroker
 from gateway.config import Rate
 from gateway.outbox import Outbox
 from gateway.session import Session
@@ -221,3 +221,31 @@ def test_a_second_subscribe_does_not_swallow_an_event_still_on_its_way(setup):
     first, event, second = reader.texts()
     assert (first["request_id"], second["request_id"]) == ("s1", "s2")
     assert event["type"] == "event" and event["message"]["seq"] == late.seq
+
+
+def test_events_delivered_while_subscribing_follow_the_replay_exactly_once(setup):
+    # The seam, made to happen every time: events published after the broker's snapshot
+    # but before the ack is queued are held, then sent after the replay; one the broker
+    # hands over late although the replay covered it is not sent twice.
+    broker, session, reader = setup
+    for i in range(5):
+        broker.publish("t", f"pre{i}", enc(i))
+    real_subscribe = broker.subscribe
+    held_seen = []
+
+    def subscribe_while_publishing(*args, **kwargs):
+        subscription = real_subscribe(*args, **kwargs)
+        late_duplicate = broker.history("t").events[-1]  # seq 5, already in the replay
+        session.deliver(late_duplicate)
+        for i in range(3):
+            broker.publish("t", f"live{i}", enc(i))  # seqs 6-8, delivered into the hold
+        held_seen.append([e.seq for e in session._held["t"]])
+        return subscription
+
+    broker.subscribe = subscribe_while_publishing
+    send(session, type="subscribe", topic="t", last_n=2, request_id="s")
+    reader.read_until(lambda frames: len(frames) == 6)
+    ack, *events = reader.texts()
+    assert ack["type"] == "ack" and ack["seq"] == 5
+    assert held_seen == [[5, 6, 7, 8]]  # the seam was exercised
+    assert [e["message"]["seq"] for e in events] == [4, 5, 6, 7, 8]

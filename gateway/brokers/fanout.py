@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from gateway.broker import Event, Subscriber
+from gateway.brokers.contract import Event, Subscriber
 
 log = logging.getLogger("gateway.broker")
 

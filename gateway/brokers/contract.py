@@ -1,8 +1,9 @@
 """The broker contract: topics, per-topic history and seq, and local fan-out.
 
 A broker knows messages, topics and subscribers; it knows nothing of Flask, JSON or sockets.
-Implementations sit beside this module (`broker_memory.MemoryBroker`); the blueprints only
-ever see this interface, so another transport can replace the memory one unchanged.
+Implementations sit beside this module (`memory.MemoryBroker`, `redis.RedisBroker`); the
+blueprints only ever see this interface, so another transport can replace the memory one
+unchanged.
 """
 
 from __future__ import annotations

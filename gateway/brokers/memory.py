@@ -7,7 +7,7 @@ import time
 import uuid
 from collections import Counter, OrderedDict, deque
 
-from gateway.broker import (
+from gateway.brokers.contract import (
     IDEMPOTENCY_KEYS_PER_TOPIC,
     IDEMPOTENCY_SECONDS,
     Broker,
@@ -23,7 +23,7 @@ from gateway.broker import (
     TopicNotFound,
     resume,
 )
-from gateway.fanout import Fanout
+from gateway.brokers.fanout import Fanout
 
 # What a stored message adds to its payload and id: seq, timestamp and separators, as in the
 # Redis broker's entries ("seq:" + ["id",timestamp] + newline + payload).

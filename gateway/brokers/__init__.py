@@ -1,0 +1,50 @@
+"""The brokers: topics, their history rings and seqs, and fan-out to local subscribers.
+
+This package owns what a message goes through between a publish and a subscriber's queue:
+`contract` (the Broker interface, its events and errors, documented once), `fanout` (local
+subscribers and delivery, shared by every broker), `memory` (MemoryBroker, one process) and
+`redis` (RedisBroker, any number of workers sharing one Redis). It knows no Flask, no JSON
+and no sockets: it may import the standard library, `gateway.supervisor` and redis (inside
+`redis` only, loaded on demand once gevent has patched the worker), and nothing else of the
+gateway. Callers import from here, or `from gateway.brokers.redis import RedisBroker`.
+"""
+
+from __future__ import annotations
+
+from gateway.brokers.contract import (
+    IDEMPOTENCY_KEYS_PER_TOPIC,
+    IDEMPOTENCY_SECONDS,
+    Broker,
+    BrokerUnavailable,
+    Encoder,
+    Event,
+    History,
+    LimitExceeded,
+    Quotas,
+    Subscriber,
+    Subscription,
+    TopicExists,
+    TopicInfo,
+    TopicNotFound,
+    resume,
+)
+from gateway.brokers.memory import MemoryBroker
+
+__all__ = [
+    "IDEMPOTENCY_KEYS_PER_TOPIC",
+    "IDEMPOTENCY_SECONDS",
+    "Broker",
+    "BrokerUnavailable",
+    "Encoder",
+    "Event",
+    "History",
+    "LimitExceeded",
+    "MemoryBroker",
+    "Quotas",
+    "Subscriber",
+    "Subscription",
+    "TopicExists",
+    "TopicInfo",
+    "TopicNotFound",
+    "resume",
+]

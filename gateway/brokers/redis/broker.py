@@ -1,0 +1,265 @@
+"""RedisBroker: the broker's operations, on topics, rings and seqs kept in Redis.
+
+Each operation is one Lua script (scripts.py) or one pipeline, through client.py's pool.
+Beside the operations run the two pieces RedisBroker composes and supervises: the
+`Listener`, which brings every followed channel to this worker's subscribers, and the
+`ClusterCounts`, which keep this worker's subscriber and connection counts in Redis and
+sum every live worker's.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import redis
+
+from gateway.brokers.contract import (
+    IDEMPOTENCY_KEYS_PER_TOPIC,
+    IDEMPOTENCY_SECONDS,
+    Broker,
+    Encoder,
+    Event,
+    History,
+    LimitExceeded,
+    Quotas,
+    Subscriber,
+    Subscription,
+    TopicExists,
+    TopicInfo,
+    TopicNotFound,
+    resume,
+)
+from gateway.brokers.fanout import Fanout
+from gateway.brokers.redis import scripts
+from gateway.brokers.redis.client import connect, unavailable
+from gateway.brokers.redis.counts import ClusterCounts
+from gateway.brokers.redis.listener import Listener
+from gateway.supervisor import Loop
+
+
+class RedisBroker(Broker):
+    """A broker whose topics, rings and seqs live in Redis, shared by every worker."""
+
+    def __init__(
+        self,
+        url: str,
+        ring_size: int,
+        encode: Encoder,
+        pack: scripts.Packer,
+        unpack: scripts.Unpacker,
+        prefix: str = "gw",
+        quotas: Quotas | None = None,
+    ) -> None:
+        self._ring_size = ring_size
+        self._quotas = quotas or Quotas()
+        self._pack = pack
+        self._unpack = unpack
+        self._keys = scripts.Keys(prefix)
+        worker = uuid.uuid4().hex[:12]
+        self._redis = connect(url)
+        self._publish_script = self._redis.register_script(scripts.PUBLISH)
+        self._create_script = self._redis.register_script(scripts.CREATE)
+        self._delete_script = self._redis.register_script(scripts.DELETE)
+        # One lock for the fan-out and the local state of the listener and the counts: held
+        # for a snapshot or an update, never across a Redis call.
+        self._lock = threading.Lock()
+        self._fanout = Fanout()
+        self._stopping = threading.Event()
+        self._counts = ClusterCounts(
+            self._redis, self._keys, worker, self._lock, self._fanout, self._stopping
+        )
+        self._listener = Listener(
+            self._redis,
+            self._keys,
+            worker,
+            self._lock,
+            self._fanout,
+            self._counts,
+            encode,
+            unpack,
+            self._stopping,
+        )
+        self._listener_loop = Loop("redis-listener", self._listener.run, self._stopping).start()
+        self._beat = Loop("redis-heartbeat", self._counts.heartbeat, self._stopping).start()
+
+    # Broker ------------------------------------------------------------------------------------
+
+    @unavailable
+    def create_topic(self, name: str, owner: str | None = None) -> None:
+        # A name used before starts from seq 1 (deletion removed these, but be certain).
+        keys = self._keys.create(name)
+        quotas = self._quotas
+        args = [name, uuid.uuid4().hex, owner or "", quotas.max_topics, quotas.max_topics_per_user]
+        created = self._create_script(keys=keys, args=args)
+        if created == 0:
+            raise TopicExists(name)
+        if created == -1:
+            raise LimitExceeded(f"the gateway holds its maximum of {quotas.max_topics} topics")
+        if created == -2:
+            raise LimitExceeded(
+                f"you already own the maximum of {quotas.max_topics_per_user} topics"
+            )
+
+    @unavailable
+    def delete_topic(self, name: str) -> None:
+        keys = self._keys.delete(name)
+        if not self._delete_script(keys=keys, args=[name]):
+            raise TopicNotFound(name)
+
+    @unavailable
+    def topics(self) -> list[TopicInfo]:
+        names = sorted(n.decode() for n in self._redis.hkeys(self._keys.topics))
+        if not names:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for name in names:
+            pipe.get(self._keys.of("seq", name))
+        pipe.hmget(self._keys.of("owners", ""), names)
+        *seqs, owners = pipe.execute()
+        counts = self._counts.totals()
+        return [
+            TopicInfo(name, counts.get(name, 0), int(seq or 0), (owner or b"").decode() or None)
+            for name, seq, owner in zip(names, seqs, owners, strict=True)
+        ]
+
+    @unavailable
+    def publish(
+        self,
+        topic: str,
+        message_id: str,
+        payload: bytes,
+        idempotency_key: str | None = None,
+        publisher: str | None = None,
+    ) -> Event:
+        keys = self._keys.publish(topic, publisher or "", idempotency_key)
+        body = self._pack(message_id, payload, time.time())
+        if idempotency_key is None:
+            ttl, head = "", b""
+        else:
+            # What a duplicate is told: the message without its payload.
+            ttl, head = IDEMPOTENCY_SECONDS, body[: body.index(b"\n") + 1]
+        args = [
+            topic,
+            body,
+            self._ring_size,
+            ttl,
+            self._quotas.ring_bytes,
+            IDEMPOTENCY_KEYS_PER_TOPIC,
+            head,
+        ]
+        seq, entry = self._publish_script(keys=keys, args=args)
+        if seq < 0:
+            raise TopicNotFound(topic)
+        # Local subscribers get the event from the channel, in seq order with everyone else;
+        # a repeated idempotency key returns the first publish's entry and sends nothing.
+        return scripts.read_entry(topic, entry, self._unpack)
+
+    @unavailable
+    def subscribe(
+        self,
+        topic: str,
+        subscriber: Subscriber,
+        last_n: int = 0,
+        since_seq: int | None = None,
+        epoch: str | None = None,
+    ) -> Subscription:
+        if not self._redis.hexists(self._keys.topics, topic):
+            raise TopicNotFound(topic)
+        self._listener.listen_to(topic)
+        with self._lock:
+            added = self._fanout.add(topic, subscriber)
+        if not added:
+            seq, current_epoch, _ = self._snapshot(topic, 0)
+            return Subscription([], seq, current_epoch, since_seq is not None)
+        self._counts.count(topic, +1)
+        # Registered first, snapshot second: nothing published in between is missed, and
+        # what the channel brings late at or below the snapshot's seq is skipped (floor).
+        # The ring never holds more than ring_size: a larger last_n asks for all of it.
+        depth = self._ring_size if since_seq is not None else min(last_n, self._ring_size)
+        try:
+            seq, current_epoch, ring = self._snapshot(topic, depth)
+        except Exception:
+            # Not subscribed after all: a retry must find no half-made subscription.
+            with self._lock:
+                removed = self._fanout.remove(topic, subscriber)
+            if removed:
+                self._counts.count(topic, -1)
+            raise
+        with self._lock:
+            self._fanout.set_floor(topic, subscriber, seq)
+        if since_seq is not None:
+            same = epoch is None or epoch == current_epoch
+            replay, recovered = resume(ring, since_seq, seq, same)
+            return Subscription(replay, seq, current_epoch, recovered)
+        return Subscription(ring, seq, current_epoch)
+
+    @unavailable
+    def history(
+        self, topic: str, since_seq: int = 0, limit: int = 100, epoch: str | None = None
+    ) -> History:
+        seq, current_epoch, ring = self._snapshot(topic, self._ring_size)
+        if not current_epoch:
+            raise TopicNotFound(topic)
+        same = epoch is None or epoch == current_epoch
+        events, complete = resume(ring, since_seq, seq, same)
+        return History(events[:limit], seq, current_epoch, complete)
+
+    def _snapshot(self, topic: str, depth: int) -> tuple[int, str, list[Event]]:
+        """Read a topic's seq, epoch and last `depth` ring events in one transaction."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.get(self._keys.of("seq", topic))
+        pipe.hget(self._keys.topics, topic)
+        pipe.lrange(self._keys.of("ring", topic), -depth, -1)
+        seq, epoch, entries = pipe.execute()
+        ring = [scripts.read_entry(topic, e, self._unpack) for e in entries] if depth else []
+        return int(seq or 0), (epoch or b"").decode(), ring
+
+    @unavailable
+    def unsubscribe(self, topic: str, subscriber: Subscriber) -> None:
+        if not self._redis.hexists(self._keys.topics, topic):
+            raise TopicNotFound(topic)
+        with self._lock:
+            removed = self._fanout.remove(topic, subscriber)
+        if removed:
+            self._counts.count(topic, -1)
+
+    def following(self, subscriber: Subscriber) -> frozenset[str]:
+        with self._lock:
+            return self._fanout.topics_of(subscriber)
+
+    def unsubscribe_all(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            topics = self._fanout.remove_all(subscriber)
+        for topic in topics:
+            self._counts.count(topic, -1)
+
+    @unavailable
+    def subscriber_count(self) -> int:
+        return sum(self._counts.totals().values())
+
+    @unavailable
+    def claim_connection(self, user: str, limit: int) -> bool:
+        return self._counts.claim(user, limit)
+
+    def release_connection(self, user: str) -> None:
+        self._counts.release(user)
+
+    def problems(self) -> dict[str, str]:
+        found = {}
+        try:
+            self._redis.ping()
+        except redis.RedisError as exc:
+            found["broker"] = f"redis unreachable: {exc}"
+        if not self._listener_loop.running:
+            found["listener"] = "the Redis listener stopped and is being restarted"
+        elif not self._listener.connected:
+            found["listener"] = "the Redis listener is reconnecting"
+        return found
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._counts.leave()
+        self._listener.close()
+        self._redis.close()

@@ -1,0 +1,190 @@
+"""The pub/sub listener: the channels of this worker's topics, fanned out, gaps repaired.
+
+A worker subscribes to a topic's channel once, when it first has a local subscriber, and
+hands each event to its own connections through the broker's `Fanout`. Pub/sub loses what
+is published while its connection is down: when a channel is subscribed again, or a seq
+skips, the events in between are read back from the topic's ring, so a local subscriber
+still gets each event once, in seq order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import redis
+
+from gateway.brokers.contract import BrokerUnavailable, Encoder, Event
+from gateway.brokers.fanout import Fanout
+from gateway.brokers.redis.counts import ClusterCounts
+from gateway.brokers.redis.scripts import DELETED, Keys, Unpacker, read_entry
+
+log = logging.getLogger("gateway.broker")
+
+_SUBSCRIBE_WAIT = 5.0
+_BACKOFF_MAX = 5.0
+
+
+class Listener:
+    """Receive every channel this worker follows and deliver its events to local subscribers.
+
+    `run` is the loop (the broker supervises it); only it touches the pub/sub connection.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        worker: str,
+        lock: threading.Lock,
+        fanout: Fanout,
+        counts: ClusterCounts,
+        encode: Encoder,
+        unpack: Unpacker,
+        stopping: threading.Event,
+    ) -> None:
+        self._redis = client
+        self._keys = keys
+        self._lock = lock  # the broker's: it guards `fanout` and the state below
+        self._fanout = fanout
+        self._counts = counts
+        self._encode = encode
+        self._unpack = unpack
+        self._stopping = stopping
+        self._pubsub = client.pubsub()
+        self._own_channel = keys.of("worker", worker)
+        # Topics whose channel this worker listens to: set once Redis confirmed it.
+        self._listening: dict[str, threading.Event] = {}
+        self._last_seq: dict[str, int] = {}
+        self._wanted: list[str] = []  # topics whose channel the listener should subscribe
+        self.connected = False  # the listener holds a live pub/sub connection
+
+    def listen_to(self, topic: str) -> None:
+        """Make sure this worker receives the topic's channel before anyone subscribes.
+
+        Only the listener touches the pub/sub connection (redis-py's PubSub is not safe to
+        share): it is asked through a queue and woken by a message on its own channel.
+        """
+        with self._lock:
+            ready = self._listening.get(topic)
+            if ready is None:
+                ready = self._listening[topic] = threading.Event()
+                self._wanted.append(topic)
+                wake = True
+            else:
+                wake = False
+        if wake:
+            self._redis.publish(self._own_channel, b"wake")
+        if not ready.wait(_SUBSCRIBE_WAIT):
+            raise BrokerUnavailable("redis did not confirm the channel subscription in time")
+
+    def run(self) -> None:
+        """Receive every subscribed channel; reconnect with capped backoff, repairing gaps."""
+        backoff = 0.1
+        prefix = self._keys.of("chan", "")
+        while not self._stopping.is_set():
+            try:
+                if not self._pubsub.subscribed:
+                    # A channel of its own keeps the subscription open, so the listener
+                    # always has something to block on, and Redis may be down at start-up.
+                    self._pubsub.subscribe(self._own_channel)
+                self._subscribe_wanted()
+                self.connected = True
+                message = self._pubsub.get_message(timeout=1.0)
+            except Exception as exc:
+                self.connected = False
+                if self._stopping.is_set():
+                    return  # close() shut the connection under us
+                if not isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
+                    log.exception("redis_listener_error")
+                log.warning("redis_listener_disconnected error=%s retry_in=%.1fs", exc, backoff)
+                self._counts.mark_stale()  # a restarted Redis may have lost them
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
+            backoff = 0.1
+            if message is None:
+                continue
+            channel = message["channel"].decode()
+            if not channel.startswith(prefix):
+                continue  # our own channel: a wake-up, handled by _subscribe_wanted
+            topic = channel.removeprefix(prefix)
+            try:
+                if message["type"] == "subscribe":
+                    self._on_subscribed(topic)
+                elif message["type"] == "message":
+                    self._on_message(topic, message["data"])
+            except redis.RedisError as exc:
+                log.warning("redis_listener_failed topic=%s error=%s", topic, exc)
+            except Exception:
+                # One bad entry must not silence the worker: log it and go on with the next.
+                log.exception("redis_listener_bad_message topic=%s", topic)
+
+    def close(self) -> None:
+        """Close the pub/sub connection (`stopping` is set: `run` returns)."""
+        self._pubsub.close()
+
+    def _subscribe_wanted(self) -> None:
+        with self._lock:
+            wanted, self._wanted = self._wanted, []
+        if not wanted:
+            return
+        try:
+            self._pubsub.subscribe(*(self._keys.of("chan", topic) for topic in wanted))
+        except Exception:
+            with self._lock:
+                self._wanted = wanted + self._wanted
+            raise
+
+    def _on_subscribed(self, topic: str) -> None:
+        """A channel (re)subscription is confirmed: start from its seq, or fill the gap."""
+        current = int(self._redis.get(self._keys.of("seq", topic)) or 0)
+        with self._lock:
+            last = self._last_seq.get(topic)
+            ready = self._listening.get(topic)
+        if last is None:
+            with self._lock:
+                self._last_seq[topic] = current
+        elif current > last:
+            log.info("redis_resubscribed topic=%s missed=%d", topic, current - last)
+            self._repair(topic, last, current + 1)
+        if ready is not None:
+            ready.set()
+
+    def _on_message(self, topic: str, data: bytes) -> None:
+        if data == DELETED:
+            # Counts first: once a subscriber hears of the deletion, /health agrees.
+            self._counts.forget_topic(topic)
+            with self._lock:
+                self._fanout.drop_topic(topic)
+                self._last_seq[topic] = 0
+            return
+        seq = int(data.split(b":", 1)[0])
+        with self._lock:
+            last = self._last_seq.get(topic, 0)
+        if seq <= last:
+            return  # already delivered (a repair got it first)
+        if seq > last + 1:
+            self._repair(topic, last, seq)
+        self._dispatch(read_entry(topic, data, self._unpack))
+
+    def _repair(self, topic: str, last: int, upto: int) -> None:
+        """Deliver the ring's events after `last` and before `upto` that the channel lost."""
+        entries = self._redis.lrange(self._keys.of("ring", topic), 0, -1)
+        events = [read_entry(topic, e, self._unpack) for e in entries]
+        missing = [e for e in events if last < e.seq < upto]
+        lost = (upto - 1 - last) - len(missing)
+        if lost:
+            log.warning("redis_gap_unrepaired topic=%s lost=%d", topic, lost)
+        for event in missing:
+            self._dispatch(event)
+
+    def _dispatch(self, event: Event) -> None:
+        # Framed here, once per event per worker: replays, history pages and a publisher's
+        # own return value are read back from storage but never sent as these bytes.
+        event.wire = self._encode(event)
+        with self._lock:
+            if event.seq <= self._last_seq.get(event.topic, 0):
+                return
+            self._last_seq[event.topic] = event.seq
+            self._fanout.deliver(event)
