@@ -1,4 +1,4 @@
-"""gunicorn settings: `gunicorn -c gunicorn.conf.py wsgi:app` (SPEC §6).
+"""gunicorn settings: `gunicorn -c gunicorn.conf.py wsgi:app` (README "Running in production").
 
 The only reader of HOST, PORT and of worker settings. Configuration is validated here, in the
 master, so that a bad value stops the whole server at once instead of leaving gunicorn
@@ -114,7 +114,7 @@ def post_worker_init(worker):
     import gc
     import signal
 
-    # The cyclic GC sets the latency tail (SPEC §10). Start-up objects are frozen out of
+    # The cyclic GC sets the latency tail (README "Decisions and limits"). Start-up objects are frozen out of
     # its reach. A collection walks every young object, so its threshold is a pause
     # budget: 100,000 gave rare ~100-200 ms pauses (p99 175 ms at 1000 x 20 msg/s), 5,000
     # gives ~5-10 ms ones. Our own objects are freed by reference counting (no cycles);

@@ -803,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
     dog.start()
     run = Run(args)
     # The client's own cyclic GC walks every latency sample and connection object; its pauses
-    # would show up as the server's latency tail (SPEC §10 says the same of the server).
+    # would show up as the server's latency tail (README "Decisions and limits" says the same of the server).
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
     runner = asyncio.run

@@ -1,4 +1,4 @@
-"""Messages over plain HTTP (SPEC §8): publish, history, and a server-sent-events stream."""
+"""Messages over plain HTTP (README "Messages over HTTP and server-sent events"): publish, history, and a server-sent-events stream."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Topics and observability (SPEC §3): /topics, /health, /stats."""
+"""Topics and observability (README "REST API"): /topics, /health, /stats."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ _TOPIC_NAME = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def valid_topic_name(name: object) -> str:
-    """Return `name` if it is a valid topic name (SPEC §3), else raise a 400."""
+    """Return `name` if it is a valid topic name (README "REST API"), else raise a 400."""
     if not isinstance(name, str) or not _TOPIC_NAME.fullmatch(name):
         raise ApiError(400, "topic name must be 1-128 characters of ASCII letters, digits and ._:-")
     return name

@@ -1,4 +1,4 @@
-"""Accounts (SPEC §2.1): register, login, profile."""
+"""Accounts (README "REST API"): register, login, profile."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The WebSocket endpoint (SPEC §4): checks before the upgrade, then one session per socket."""
+"""The WebSocket endpoint (README "WebSocket protocol"): checks before the upgrade, then one session per socket."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def check_upgrade():
         return error_response(400, "a WebSocket upgrade request has no body")
     policy.admit_connection(g.user_id, "ws")  # capacity (503), connections per user (429)
     # Compressed fan-out would cost a deflate per subscriber and defeat frames built once
-    # per publish (SPEC §10), so permessage-deflate is declined by not letting the library
+    # per publish (README "Decisions and limits"), so permessage-deflate is declined by not letting the library
     # see the offer.
     request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
     g.wire = WireSocket.install(request.environ)

@@ -130,7 +130,7 @@ def _install_request_log(app: Flask) -> None:
         g.started = time.perf_counter()
         if app.extensions[EXTENSION].hub.shutting_down and request.path not in _PROBES:
             # gunicorn stops accepting within a second of SIGTERM; until then, and on the
-            # dev server, new requests are turned away so load balancers move on (SPEC §5.9).
+            # dev server, new requests are turned away so load balancers move on (README "Delivery guarantees and backpressure").
             return error_response(503, "server is shutting down")
         return None
 

@@ -1,4 +1,4 @@
-"""JWT set-up (SPEC §2.2): HS256 only, 401 JSON errors, and token checks for the WebSocket."""
+"""JWT set-up (README "REST API"): HS256 only, 401 JSON errors, and token checks for the WebSocket."""
 
 from __future__ import annotations
 

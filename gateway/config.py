@@ -1,4 +1,4 @@
-"""Settings read from the environment (SPEC §1), validated once at start-up."""
+"""Settings read from the environment (README "Configuration"), validated once at start-up."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class Rate:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every tunable of the gateway, with SPEC §1 defaults."""
+    """Every tunable of the gateway, with README "Configuration" defaults."""
 
     jwt_secret_key: str
     allowed_origins: tuple[str, ...] = ("*",)
@@ -82,7 +82,7 @@ class Settings:
     max_connections_per_user: int = 20
 
     def origin_allowed(self, origin: str | None) -> bool:
-        """Tell whether a WebSocket upgrade from this Origin may proceed (SPEC §3)."""
+        """Tell whether a WebSocket upgrade from this Origin may proceed (README "REST API")."""
         if origin is None or "*" in self.allowed_origins:
             return True
         return origin in self.allowed_origins

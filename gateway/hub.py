@@ -98,7 +98,7 @@ class Hub:
         """Every interval: `info`/`ping` plus a WebSocket ping to all; close the silent ones.
 
         A live client answers each WebSocket ping with a pong, so one that has sent nothing
-        for two intervals is gone (SPEC §5.7) and is closed with 1008.
+        for two intervals is gone (README "Delivery guarantees and backpressure") and is closed with 1008.
         """
         interval = self._heartbeat_interval
         while not self._stopping.wait(interval):
@@ -122,7 +122,7 @@ class Hub:
                     time.sleep(0.001)
 
     def shutdown(self) -> None:
-        """Flush and end every session and stream (SPEC §5.9); return when all are gone or grace ends."""
+        """Flush and end every session and stream (README "Delivery guarantees and backpressure"); return when all are gone or grace ends."""
         if self.shutting_down:
             return
         self.shutting_down = True

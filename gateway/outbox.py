@@ -1,10 +1,10 @@
 """A connection's outbound side: one bounded queue, one writer at a time, whole frames.
 
-SPEC §5.4: events beyond `queue_size` drop the oldest *event* (control frames are never
+README "Delivery guarantees and backpressure": events beyond `queue_size` drop the oldest *event* (control frames are never
 dropped); the next event of a topic that lost events is preceded by one `info`/`dropped`
 notice; a socket that accepts no bytes for `write_timeout` seconds is a slow consumer and
 is closed with 4008. Only the outbox writes to the socket after the handshake, and always
-whole frames (SPEC §10: simple-websocket's own `send` ignores partial writes).
+whole frames (README "Decisions and limits": simple-websocket's own `send` ignores partial writes).
 
 How bytes go out. Frames are queued and flushed with non-blocking sends, with no greenlet
 switch per delivery. Under gevent the first frame queued in an event-loop tick is flushed

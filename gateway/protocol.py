@@ -1,4 +1,4 @@
-"""Every WebSocket frame shape (SPEC §4): inbound text to a command, outbound frames to JSON.
+"""Every WebSocket frame shape (README "WebSocket protocol"): inbound text to a command, outbound frames to JSON.
 
 Nothing else in the code base builds frame dicts. Outbound functions return UTF-8 JSON bytes;
 `gateway.wsframes` wraps them into WebSocket frames.

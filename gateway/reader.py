@@ -2,7 +2,7 @@
 
 simple-websocket (under flask-sock) does the handshake; after that our code, not a reader
 thread of the library's, reads the socket through the same wsproto connection, and
-enforces the message limit in bytes, as SPEC §4.3 counts it (the library counts
+enforces the message limit in bytes, as README "WebSocket protocol" counts it (the library counts
 characters). Every reply, pongs and close replies included, goes through the outbox.
 
 `FrameReader` only parses: who reads the socket is the connection's business

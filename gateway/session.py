@@ -1,7 +1,7 @@
 """One WebSocket client's session: its commands, its subscriptions and its outbox.
 
 A Session is the broker's Subscriber for that connection. It turns decoded commands into
-broker calls and replies, and keeps SPEC §5's promises at the edges of a subscription:
+broker calls and replies, and keeps README "Delivery guarantees and backpressure"'s promises at the edges of a subscription:
 the `ack` comes before the replay, the replay before live events, and no event of a topic
 arrives after its `unsubscribe` ack.
 """

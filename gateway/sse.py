@@ -1,4 +1,4 @@
-"""Server-sent events: one HTTP response that streams one topic's events (SPEC §8).
+"""Server-sent events: one HTTP response that streams one topic's events (README "Messages over HTTP and server-sent events").
 
 An SseStream is the broker's Subscriber for one `GET /topics/<name>/events`. The broker
 calls it under its lock, so delivering is an append to the stream's own bounded queue and a

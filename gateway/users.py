@@ -1,4 +1,4 @@
-"""User accounts (SPEC §2.1): validation, password hashing and the store contract.
+"""User accounts (README "REST API"): validation, password hashing and the store contract.
 
 Implementations sit beside this module: `users_sqlite.SqliteUserStore` (the default) and
 `users_postgres.PostgresUserStore` (for `DATABASE_URL=postgresql://...`, shared by every

@@ -1,4 +1,4 @@
-"""PostgresUserStore: accounts in PostgreSQL, shared by every worker and host (SPEC §7)."""
+"""PostgresUserStore: accounts in PostgreSQL, shared by every worker and host (README "Scale-out with Redis")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The configuration loader (SPEC §1)."""
+"""The configuration loader (README "Configuration")."""
 
 from __future__ import annotations
 

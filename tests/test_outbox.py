@@ -1,4 +1,4 @@
-"""The per-connection outbox: whole frames, drop-oldest with notices, slow consumers (SPEC §5.4)."""
+"""The per-connection outbox: whole frames, drop-oldest with notices, slow consumers (README "Delivery guarantees and backpressure")."""
 
 from __future__ import annotations
 

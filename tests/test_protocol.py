@@ -1,4 +1,4 @@
-"""The WebSocket frame codec (SPEC §4)."""
+"""The WebSocket frame codec (README "WebSocket protocol")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Topics, /health and /stats over REST (SPEC §3)."""
+"""Topics, /health and /stats over REST (README "REST API")."""
 
 from __future__ import annotations
 

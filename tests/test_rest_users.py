@@ -1,4 +1,4 @@
-"""Accounts and tokens over REST (SPEC §2): register, login, profile and token checks."""
+"""Accounts and tokens over REST (README "REST API"): register, login, profile and token checks."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def assert_error(response, status):
 
 
 def assert_user(user, username, email=None):
-    """A user object has exactly the SPEC fields, UTC Z timestamps and no secret."""
+    """A user object has exactly the documented fields, UTC Z timestamps and no secret."""
     assert set(user) == USER_FIELDS
     assert isinstance(user["id"], str) and user["id"]
     assert user["username"] == username

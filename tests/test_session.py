@@ -1,4 +1,4 @@
-"""A session keeps the replay/live seam and the unsubscribe edge exact (SPEC §5.2, §5.5)."""
+"""A session keeps the replay/live seam and the unsubscribe edge exact (README "Delivery guarantees and backpressure", §5.5)."""
 
 from __future__ import annotations
 

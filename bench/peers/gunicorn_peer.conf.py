@@ -8,7 +8,7 @@ import resource
 bind = f"127.0.0.1:{os.environ.get('PORT', '8100')}"
 workers = 1
 worker_class = "gevent"
-# gunicorn's default of 1000 would leave connection 1001 hanging (SPEC §10)
+# gunicorn's default of 1000 would leave connection 1001 hanging (README "Decisions and limits")
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "20000"))
 backlog = 4096
 loglevel = os.environ.get("LOG_LEVEL", "warning")

@@ -30,7 +30,7 @@ from websockets.sync.client import ClientConnection, connect
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# Variables of SPEC §1 (and gunicorn's own) that must not leak from the caller's shell.
+# Variables of README "Configuration" (and gunicorn's own) that must not leak from the caller's shell.
 CONFIG_VARS = (
     "JWT_SECRET_KEY",
     "PORT",

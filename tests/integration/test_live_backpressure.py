@@ -1,4 +1,4 @@
-"""Slow and stalled consumers (SPEC §5.4, §10): drop-oldest with notices, whole frames on the
+"""Slow and stalled consumers (README "Delivery guarantees and backpressure", §10): drop-oldest with notices, whole frames on the
 wire, and a never-reading socket cut off without hurting anyone else."""
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def test_never_reading_subscriber_is_cut_off_while_others_get_everything(server_
     # The socket took bytes when the first events went out, so the no-progress deadline
     # cannot have run out before write_timeout had passed since then.
     assert cut_after >= write_timeout, f"cut off after {cut_after:.2f}s, before the write timeout"
-    # ... and it was the outbox's write timeout that cut it off (SPEC §5.4), nothing else.
+    # ... and it was the outbox's write timeout that cut it off (README "Delivery guarantees and backpressure"), nothing else.
     slow = [line for line in srv.log_text().splitlines() if "slow_consumer conn=" in line]
     assert len(slow) == 1 and "write_timeout=" in slow[0], srv.log_tail()
 
@@ -210,4 +210,4 @@ def test_never_reading_subscriber_is_cut_off_while_others_get_everything(server_
     finally:
         stalled.close()
     assert code != "still open", "server kept the stalled socket open"
-    assert code in (None, 4008), f"slow consumer closed with {code}, SPEC §5.4 says 4008"
+    assert code in (None, 4008), f"slow consumer closed with {code}, README "Delivery guarantees and backpressure" says 4008"

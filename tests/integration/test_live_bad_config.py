@@ -1,5 +1,5 @@
 """Bad configuration stops gunicorn with a non-zero exit and a message naming the problem,
-instead of a worker respawning forever (SPEC §1, §6)."""
+instead of a worker respawning forever (README "Configuration", §6)."""
 
 from __future__ import annotations
 

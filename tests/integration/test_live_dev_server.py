@@ -1,4 +1,4 @@
-"""The Flask dev server serves REST and /ws with the same behaviour (SPEC §6)."""
+"""The Flask dev server serves REST and /ws with the same behaviour (README "Running in production")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Fan-out, isolation and order with concurrent publishers; counts in /health, /stats, /topics
-(SPEC §3, §5.1-5.3, §5.7)."""
+(README "REST API", §5.1-5.3, §5.7)."""
 
 from __future__ import annotations
 

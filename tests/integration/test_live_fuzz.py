@@ -1,4 +1,4 @@
-"""Property-based fuzzing of a live gateway with Hypothesis (SPEC §3, §4, §11).
+"""Property-based fuzzing of a live gateway with Hypothesis (README "REST API", §4, §11).
 
 One real gunicorn (gevent worker) per broker, the memory broker and a real Redis:
 
@@ -69,7 +69,7 @@ MAX_BYTES = 8192  # MAX_MESSAGE_BYTES of the fuzzed servers: oversize input stay
 # so the oracle only insists where both ways of counting agree.
 DEPTH_OK = 31
 DEPTH_REFUSED = 34
-# Idempotency keys are kept a while and only so many per topic (SPEC §11 leaves both open; the
+# Idempotency keys are kept a while and only so many per topic (README "Limits" leaves both open; the
 # gateway keeps 1000 for 5 minutes): the oracle trusts less than that.
 KEY_MEMORY = 240.0
 KEYS_REMEMBERED = 500
@@ -759,7 +759,7 @@ def other_case(draw, gw: Gateway, endpoint: str, headers: dict, auth: dict, vali
 
 @st.composite
 def upgrade_case(draw, gw: Gateway, endpoint: str, headers: dict, auth: dict, valid: bool):
-    """GET /ws, each handshake header good, odd, junk or missing (SPEC §11)."""
+    """GET /ws, each handshake header good, odd, junk or missing (README "Limits")."""
     return [draw(upgrade(headers | auth, valid))]
 
 
@@ -965,7 +965,7 @@ def frame(
 
 @dataclass
 class Expect:
-    """What the reply to one client message may be (SPEC §4.3)."""
+    """What the reply to one client message may be (README "WebSocket protocol")."""
 
     label: str
     kinds: frozenset[str]  # "ack", "pong" or an error code
@@ -1169,7 +1169,7 @@ def ok_action(draw, gw: Gateway) -> Message | Control:
     kind = draw(st.sampled_from(["command"] * 6 + ["junk", "binary", "ping", "pong", "1024"]))
     if kind in ("ping", "pong"):
         return Control(0x9 if kind == "ping" else 0xA, draw(st.binary(max_size=125)))
-    if kind == "1024":  # SPEC §11: at most 1024 fragments, so exactly 1024 is fine
+    if kind == "1024":  # README "Limits": at most 1024 fragments, so exactly 1024 is fine
         data = dumps({"type": "ping", "request_id": "r1024"}).encode()
         return Message(0x1, many_fragments(data, 1024))
     if kind == "binary":

@@ -1,4 +1,4 @@
-"""Heartbeat frames (SPEC §5.8)."""
+"""Heartbeat frames (README "Delivery guarantees and backpressure")."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def test_heartbeat_pings_arrive_repeatedly(server_factory):
 
 
 def test_silent_peer_is_found_by_websocket_pings_and_removed(server_factory):
-    """A client that answers no WebSocket ping is dropped within a few intervals (SPEC §5.7)."""
+    """A client that answers no WebSocket ping is dropped within a few intervals (README "Delivery guarantees and backpressure")."""
     srv = server_factory(env={"HEARTBEAT_INTERVAL": 1})
     token = register(srv)
     topic = create_topic(srv, token)

@@ -1,4 +1,4 @@
-"""HTTP publish, history and the SSE stream against a real gunicorn (issue 5, SPEC §8)."""
+"""HTTP publish, history and the SSE stream against a real gunicorn (issue 5, README "Messages over HTTP and server-sent events")."""
 
 from __future__ import annotations
 

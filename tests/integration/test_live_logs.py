@@ -1,4 +1,4 @@
-"""No token and no password ever reaches the server's logs, gunicorn or dev server (SPEC §2.1, §2.2, §6)."""
+"""No token and no password ever reaches the server's logs, gunicorn or dev server (README "REST API", §2.2, §6)."""
 
 from __future__ import annotations
 

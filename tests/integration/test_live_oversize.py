@@ -1,4 +1,4 @@
-"""MAX_MESSAGE_BYTES on WebSocket messages (bytes, after reassembly) and REST bodies (SPEC §1, §3, §4.3)."""
+"""MAX_MESSAGE_BYTES on WebSocket messages (bytes, after reassembly) and REST bodies (README "Configuration", §3, §4.3)."""
 
 from __future__ import annotations
 

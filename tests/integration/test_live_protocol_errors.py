@@ -1,4 +1,4 @@
-"""Every row of SPEC §4.3 against the real server; after each error the socket still works."""
+"""Every row of README "WebSocket protocol" against the real server; after each error the socket still works."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """REST errors, token checks, CORS and the WebSocket Origin/auth gate over real sockets
-(SPEC §2, §3)."""
+(README "REST API", §3)."""
 
 from __future__ import annotations
 

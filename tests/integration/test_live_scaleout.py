@@ -1,4 +1,4 @@
-"""Scale-out on Redis (SPEC §7): two gunicorn gateways with two gevent workers each, one Redis,
+"""Scale-out on Redis (README "Scale-out with Redis"): two gunicorn gateways with two gevent workers each, one Redis,
 one PostgreSQL database, acting as one gateway (§3 REST, §4 wire, §5 delivery).
 
 A WebSocket lands on either worker of its gateway, so every test here crosses processes:

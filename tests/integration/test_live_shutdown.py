@@ -1,4 +1,4 @@
-"""SIGTERM drains queued events, says goodbye with info/shutdown and 1001, exits 0 (SPEC §5.9)."""
+"""SIGTERM drains queued events, says goodbye with info/shutdown and 1001, exits 0 (README "Delivery guarantees and backpressure")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Deleting a topic under live subscribers, then re-creating it (SPEC §5.6, §9)."""
+"""Deleting a topic under live subscribers, then re-creating it (README "Delivery guarantees and backpressure", §9)."""
 
 from __future__ import annotations
 
