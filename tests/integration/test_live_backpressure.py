@@ -210,4 +210,6 @@ def test_never_reading_subscriber_is_cut_off_while_others_get_everything(server_
     finally:
         stalled.close()
     assert code != "still open", "server kept the stalled socket open"
-    assert code in (None, 4008), f"slow consumer closed with {code}, README "Delivery guarantees and backpressure" says 4008"
+    assert code in (None, 4008), (
+        f"slow consumer closed with {code}, the README (Delivery guarantees) says 4008"
+    )
