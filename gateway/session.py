@@ -12,7 +12,14 @@ import logging
 import threading
 
 from gateway import protocol, wsframes
-from gateway.brokers import Broker, BrokerUnavailable, Event, Subscription, TopicNotFound
+from gateway.brokers import (
+    Broker,
+    BrokerUnavailable,
+    Event,
+    Send,
+    Subscription,
+    TopicNotFound,
+)
 from gateway.config import Rate
 from gateway.outbox import Outbox
 from gateway.protocol import ProtocolError
@@ -65,19 +72,19 @@ class Session:
 
     # Subscriber (called by the broker, under its lock: must not block) -----------------
 
-    def deliver(self, event: Event) -> None:
-        """Queue one live event for this connection."""
+    def deliver(self, event: Event) -> Send:
+        """Queue one live event for this connection; return the socket write due now."""
         if self._held:
             with self._lock:
                 held = self._held.get(event.topic)
                 if held is not None:
                     held.append(event)
-                    return
-        self.outbox.push_event(event.topic, event.seq, event.wire)
+                    return None
+        return self.outbox.queue_event(event.topic, event.seq, event.wire)
 
-    def topic_deleted(self, topic: str) -> None:
+    def topic_deleted(self, topic: str) -> Send:
         """Tell the client that a topic it subscribed to is gone."""
-        self.outbox.push(wsframes.text(protocol.topic_deleted(topic)))
+        return self.outbox.queue(wsframes.text(protocol.topic_deleted(topic)))
 
     # Commands ------------------------------------------------------------------------
 

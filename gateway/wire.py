@@ -125,12 +125,15 @@ class Sender:
         iteration = getattr(self._loop, "iteration", -1)
         return iteration if iteration >= 0 else None
 
-    def soon(self, func) -> None:
-        """Run `func` when the current greenlet yields (gevent), or now (threads)."""
+    def soon(self, func):
+        """Schedule `func` for when the current greenlet yields (gevent) and return None.
+
+        Under threads there is no such moment: return `func`, for the caller to run now.
+        """
         if self._loop is not None:
             self._loop.run_callback(func)
-        else:
-            func()
+            return None
+        return func
 
     def start(self, func):
         """Run `func` in a new greenlet or thread; return it (it has `join(timeout)`)."""

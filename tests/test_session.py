@@ -12,6 +12,7 @@ from wire_reader import WireReader
 
 from gateway import protocol, wsframes
 from gateway.brokers import MemoryBroker
+from gateway.brokers.contract import run_sends
 from gateway.config import Rate
 from gateway.outbox import Outbox
 from gateway.session import Session
@@ -212,7 +213,8 @@ def test_a_second_subscribe_does_not_swallow_an_event_still_on_its_way(setup):
 
     def subscribe_while_an_event_arrives(*args, **kwargs):
         subscription = real_subscribe(*args, **kwargs)
-        session.deliver(late)  # what the Redis listener hands over meanwhile
+        # What the Redis listener hands over meanwhile (it runs the write the session returns).
+        run_sends([send] if (send := session.deliver(late)) else [])
         return subscription
 
     broker.subscribe = subscribe_while_an_event_arrives
@@ -236,7 +238,7 @@ def test_events_delivered_while_subscribing_follow_the_replay_exactly_once(setup
     def subscribe_while_publishing(*args, **kwargs):
         subscription = real_subscribe(*args, **kwargs)
         late_duplicate = broker.history("t").events[-1]  # seq 5, already in the replay
-        session.deliver(late_duplicate)
+        assert session.deliver(late_duplicate) is None  # held: nothing to write yet
         for i in range(3):
             broker.publish("t", f"live{i}", enc(i))  # seqs 6-8, delivered into the hold
         held_seen.append([e.seq for e in session._held["t"]])
@@ -249,3 +251,42 @@ def test_events_delivered_while_subscribing_follow_the_replay_exactly_once(setup
     assert ack["type"] == "ack" and ack["seq"] == 5
     assert held_seen == [[5, 6, 7, 8]]  # the seam was exercised
     assert [e["message"]["seq"] for e in events] == [4, 5, 6, 7, 8]
+
+
+def test_no_socket_write_happens_under_the_broker_lock():
+    # Real threads, as on the dev server: a subscriber whose socket write blocks must not
+    # hold up a publish to another topic (the write once ran with the broker's lock held).
+    broker = MemoryBroker(10, encode=lambda e: wsframes.text(protocol.event(e)))
+    broker.create_topic("slow")
+    broker.create_topic("fast")
+    sockets = [socket.socketpair() for _ in range(2)]
+    slow_out = Outbox(sockets[0][0], "slow", queue_size=10, write_timeout=5)
+    fast_out = Outbox(sockets[1][0], "fast", queue_size=10, write_timeout=5)
+    broker.subscribe("slow", Session("c-slow", "u", broker, slow_out, max_json_depth=32))
+    fast = Session("c-fast", "u", broker, fast_out, max_json_depth=32)
+    broker.subscribe("fast", fast)
+    writing, release = threading.Event(), threading.Event()
+
+    def blocking_send(data) -> int:
+        writing.set()
+        release.wait(10)
+        return len(data)
+
+    slow_out._sender.send_nowait = blocking_send
+    stuck = threading.Thread(target=broker.publish, args=("slow", "m", enc(1)))
+    stuck.start()
+    try:
+        assert writing.wait(5), "the slow subscriber's write never started"
+        other = threading.Thread(target=broker.publish, args=("fast", "m", enc(2)))
+        other.start()
+        other.join(5)
+        assert not other.is_alive(), "a publish to another topic waited for a socket write"
+        reader = WireReader(sockets[1][1])
+        reader.read_until(lambda frames: len(frames) == 1)
+        assert reader.texts()[0]["message"]["seq"] == 1
+    finally:
+        release.set()
+        stuck.join(5)
+        for pair in sockets:
+            for sock in pair:
+                sock.close()

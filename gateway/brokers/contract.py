@@ -8,10 +8,13 @@ unchanged.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+log = logging.getLogger("gateway.broker")
 
 
 class TopicExists(Exception):
@@ -115,16 +118,35 @@ class TopicInfo:
     owner: str | None = None  # the id of the user who created it
 
 
-class Subscriber(Protocol):
-    """What the broker calls back on; implemented by a WebSocket connection.
+# What a subscriber hands back from `deliver` or `topic_deleted`: the socket write to do
+# once the broker's lock is released (None: nothing to do now).
+Send = Callable[[], None] | None
 
-    Both methods are called with the broker's lock held, so they must not block: they only
-    append to the subscriber's own bounded queue.
+
+class Subscriber(Protocol):
+    """What the broker calls back on; implemented by a WebSocket connection or SSE stream.
+
+    Both methods are called with the broker's lock held, so they must not block: they
+    append to the subscriber's own bounded queue. A subscriber that wants its socket written
+    at once returns the write as a `Send`; the broker runs every returned Send after it has
+    released its lock (`run_sends`), so that under real threads no publish waits on another
+    connection's socket. (Under gevent a WebSocket sends its first frame of a loop tick in
+    `deliver` itself: one non-blocking send, during which no greenlet can run.)
     """
 
-    def deliver(self, event: Event) -> None: ...
+    def deliver(self, event: Event) -> Send: ...
 
-    def topic_deleted(self, topic: str) -> None: ...
+    def topic_deleted(self, topic: str) -> Send: ...
+
+
+def run_sends(sends: list[Callable[[], None]]) -> None:
+    """Run the writes subscribers handed back, after the broker's lock is released."""
+    for send in sends:
+        try:
+            send()
+        except Exception:
+            # One connection's fault must not cost the others their write.
+            log.exception("send_failed")
 
 
 Encoder = Callable[[Event], bytes]

@@ -8,6 +8,7 @@ listener as events arrive from Redis. Not thread-safe by itself: callers hold th
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from gateway.brokers.contract import Event, Subscriber
 
@@ -62,24 +63,37 @@ class Fanout:
                     del self._topics[topic]
         return sorted(topics)
 
-    def drop_topic(self, topic: str) -> None:
-        """Forget a deleted topic, telling each of its subscribers once."""
+    def drop_topic(self, topic: str) -> list[Callable[[], None]]:
+        """Forget a deleted topic, telling each of its subscribers once; return their sends."""
+        sends = []
         for subscriber in self._topics.pop(topic, {}):
             self._forget(subscriber, topic)
-            subscriber.topic_deleted(topic)
+            send = subscriber.topic_deleted(topic)
+            if send is not None:
+                sends.append(send)
+        return sends
 
-    def deliver(self, event: Event) -> None:
-        """Hand an event to every local subscriber of its topic above its floor."""
+    def deliver(self, event: Event) -> list[Callable[[], None]]:
+        """Hand an event to every local subscriber of its topic above its floor.
+
+        Return the socket writes they handed back, for the caller to run once it has
+        released its lock (`run_sends`).
+        """
+        sends = []
         subscribers = self._topics.get(event.topic)
         if subscribers:
             seq = event.seq
             for subscriber, floor in subscribers.items():
                 if seq > floor:
                     try:
-                        subscriber.deliver(event)
+                        send = subscriber.deliver(event)
                     except Exception:
                         # A fault in one subscriber must not cost the others their event.
                         log.exception("deliver_failed topic=%s seq=%d", event.topic, seq)
+                        continue
+                    if send is not None:
+                        sends.append(send)
+        return sends
 
     def topics_of(self, subscriber: Subscriber) -> frozenset[str]:
         """Return the topics a subscriber follows."""

@@ -22,6 +22,7 @@ from gateway.brokers.contract import (
     TopicInfo,
     TopicNotFound,
     resume,
+    run_sends,
 )
 from gateway.brokers.fanout import Fanout
 
@@ -128,7 +129,8 @@ class MemoryBroker(Broker):
             self._owned[state.owner] -= 1
             if not self._owned[state.owner]:
                 del self._owned[state.owner]
-            self._fanout.drop_topic(name)
+            sends = self._fanout.drop_topic(name)
+        run_sends(sends)
 
     def topics(self) -> list[TopicInfo]:
         with self._lock:
@@ -167,8 +169,9 @@ class MemoryBroker(Broker):
                 state.keep(stored, self._ring_size, self._quotas.ring_bytes)
             if key is not None:
                 state.remember(key, event)
-            self._fanout.deliver(event)
-            return event
+            sends = self._fanout.deliver(event)
+        run_sends(sends)
+        return event
 
     def subscribe(
         self,

@@ -14,7 +14,7 @@ import threading
 
 import redis
 
-from gateway.brokers.contract import BrokerUnavailable, Encoder, Event
+from gateway.brokers.contract import BrokerUnavailable, Encoder, Event, run_sends
 from gateway.brokers.fanout import Fanout
 from gateway.brokers.redis.counts import ClusterCounts
 from gateway.brokers.redis.scripts import DELETED, Keys, Unpacker, read_entry
@@ -156,8 +156,9 @@ class Listener:
             # Counts first: once a subscriber hears of the deletion, /health agrees.
             self._counts.forget_topic(topic)
             with self._lock:
-                self._fanout.drop_topic(topic)
+                sends = self._fanout.drop_topic(topic)
                 self._last_seq[topic] = 0
+            run_sends(sends)
             return
         seq = int(data.split(b":", 1)[0])
         with self._lock:
@@ -187,4 +188,5 @@ class Listener:
             if event.seq <= self._last_seq.get(event.topic, 0):
                 return
             self._last_seq[event.topic] = event.seq
-            self._fanout.deliver(event)
+            sends = self._fanout.deliver(event)
+        run_sends(sends)
