@@ -1,4 +1,4 @@
-"""gunicorn settings: `gunicorn -c gunicorn.conf.py wsgi:app` (README "Running in production").
+"""gunicorn settings: `gunicorn -c gunicorn.conf.py wsgi:app` (docs/operations.md "Running in production").
 
 The only reader of HOST, PORT and of worker settings. Configuration is validated here, in the
 master, so that a bad value stops the whole server at once instead of leaving gunicorn
@@ -28,7 +28,7 @@ try:
 except ValueError:
     _fail(f"PORT must be a port number, got {os.environ.get('PORT')!r}")
 # Loopback unless told otherwise: a server started to try it out is not on the network
-# (README, Configuration). The Docker image sets HOST=0.0.0.0.
+# (docs/configuration.md). The Docker image sets HOST=0.0.0.0.
 _host = os.environ.get("HOST", "127.0.0.1").strip()
 if not _host or any(c.isspace() for c in _host):
     _fail(f"HOST must be an address or host name to listen on, got {os.environ.get('HOST')!r}")
@@ -66,25 +66,29 @@ control_socket_disable = True
 # If one is enabled with --access-logfile, this format leaves the query string out, so
 # that `?token=` never reaches it.
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
-# Open WebSockets per worker: set by on_starting (in the master, before workers fork).
-_websocket_capacity = None
 
 
 def on_starting(server):
-    """Refuse several workers with the memory broker; raise the open-files limit."""
+    """Refuse several workers with the memory broker; raise the open-files limit.
+
+    Also settles MAX_CONNECTIONS_PER_WORKER, the open WebSockets and SSE streams each worker
+    accepts (its Settings read it when the worker loads the app): worker_connections, or
+    what the open-files limit leaves room for, or the environment's value if lower.
+    """
     if server.cfg.workers > 1 and _settings.broker_url == "memory://":
         _fail(
             f"{server.cfg.workers} workers requested but BROKER_URL is memory://: "
             "state lives in one process, so run one worker (WEB_CONCURRENCY=1)"
         )
     # Descriptors: one per open WebSocket or SSE stream (the app caps those at
-    # worker_connections), one per HTTP request in progress (gunicorn's pool, also
+    # MAX_CONNECTIONS_PER_WORKER), one per HTTP request in progress (gunicorn's pool,
     # worker_connections), and a margin for listeners, databases, Redis and logs.
-    global _websocket_capacity
     margin = 1024
-    sockets = server.cfg.worker_connections
-    _websocket_capacity = sockets
-    wanted = 2 * sockets + margin
+    pool = server.cfg.worker_connections
+    capacity = pool
+    if _settings.max_connections_per_worker:
+        capacity = min(pool, _settings.max_connections_per_worker)
+    wanted = capacity + pool + margin
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < wanted:
         try:
@@ -94,19 +98,20 @@ def on_starting(server):
             # connection past it is refused (503) or waits, instead of failing with EMFILE.
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
             budget = max(hard - margin, 2)
-            pool = min(sockets, 1000, budget // 2)
-            _websocket_capacity = min(sockets, budget - pool)
+            pool = min(pool, 1000, budget // 2)
+            capacity = min(capacity, budget - pool)
             server.cfg.set("worker_connections", pool)
             server.log.warning(
-                "open-files hard limit is %d: %d WebSockets and %d requests in progress "
-                "per worker (raise the limit above %d, e.g. ulimit -Hn or LimitNOFILE, "
-                "for %d of each)",
+                "open-files hard limit is %d: %d WebSockets and SSE streams and %d requests "
+                "in progress per worker (raise the limit above %d, e.g. ulimit -Hn or "
+                "LimitNOFILE, for more)",
                 hard,
-                _websocket_capacity,
+                capacity,
                 pool,
                 wanted,
-                sockets,
             )
+    # Workers fork from this process and read it in their Settings.
+    os.environ["MAX_CONNECTIONS_PER_WORKER"] = str(capacity)
 
 
 def post_worker_init(worker):
@@ -114,7 +119,7 @@ def post_worker_init(worker):
     import gc
     import signal
 
-    # The cyclic GC sets the latency tail (README "Decisions and limits"). Start-up objects are frozen out of
+    # The cyclic GC sets the latency tail (docs/decisions.md). Start-up objects are frozen out of
     # its reach. A collection walks every young object, so its threshold is a pause
     # budget: 100,000 gave rare ~100-200 ms pauses (p99 175 ms at 1000 x 20 msg/s), 5,000
     # gives ~5-10 ms ones. Our own objects are freed by reference counting (no cycles);
@@ -127,9 +132,7 @@ def post_worker_init(worker):
 
     from gateway.state import EXTENSION
 
-    hub = worker.wsgi.extensions[EXTENSION].hub
-    # Upgraded WebSockets leave gunicorn's pool, so the hub enforces their cap itself.
-    hub.capacity = _websocket_capacity or worker.worker_connections
+    registry = worker.wsgi.extensions[EXTENSION].registry
     stop_worker = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum, frame):
@@ -138,7 +141,7 @@ def post_worker_init(worker):
         # Only once: a second SIGTERM (systemd signals the whole group, then the master
         # signals the worker) must not leave worker_exit waiting on a no-op drain.
         if getattr(worker, "gateway_drain", None) is None:
-            worker.gateway_drain = gevent.spawn(hub.shutdown)
+            worker.gateway_drain = gevent.spawn(registry.shutdown)
         stop_worker(signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)

@@ -1,4 +1,4 @@
-"""Messages over plain HTTP (README "Messages over HTTP and server-sent events"): publish, history, and a server-sent-events stream."""
+"""Messages over plain HTTP (docs/rest-api.md "Messages over HTTP and server-sent events"): publish, history, and a server-sent-events stream."""
 
 from __future__ import annotations
 
@@ -9,22 +9,22 @@ import uuid
 from flask import Blueprint, Response, g, request
 from flask_jwt_extended import get_jwt_identity, jwt_required
 
-from blueprints.topics import valid_topic_name
-from gateway import policy, protocol
-from gateway.auth import AuthError, token_from, verify
+from gateway import protocol
+from gateway.accounts.tokens import AuthError, token_from, verify
 from gateway.brokers import TopicNotFound
-from gateway.errors import ApiError, error_response
-from gateway.http import json_body, json_response
-from gateway.ratelimit import publish_limited
-from gateway.sse import SseStream
-from gateway.state import get_broker, get_hub, get_settings
+from gateway.guards import admission
+from gateway.guards.rates import publish_limited
+from gateway.http.bodies import json_body, json_response, valid_topic_name
+from gateway.http.errors import ApiError, error_response
+from gateway.state import get_broker, get_registry, get_settings
+from gateway.transport import libraries
+from gateway.transport.sse import SseStream
 
 bp = Blueprint("messages", __name__)
 
 MAX_LIMIT = 1000
 _SEQ = re.compile(r"[0-9]{1,18}")  # fits the 64-bit counters of every broker
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # visible ASCII, as HTTP tokens go
-_SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket")
 
 
 @bp.post("/topics/<name>/messages")
@@ -109,13 +109,13 @@ def events(name: str):
     else:
         since_seq = _seq_arg(request.args.get("since_seq"), "since_seq")
     settings = get_settings()
-    hub = get_hub()
+    registry = get_registry()
     # SSE streams count like WebSockets: against the worker's capacity and the user's
     # connections; the stream gives its claim back when it closes.
-    policy.admit_connection(g.user_id, "sse")
+    admission.admit_connection(g.user_id, "sse")
 
     def on_close(stream: SseStream) -> None:
-        hub.remove_stream(stream)
+        registry.remove_stream(stream)
         claim.release()
 
     stream = SseStream(
@@ -123,12 +123,12 @@ def events(name: str):
         name,
         settings.subscriber_queue_size,
         settings.heartbeat_interval,
-        sock=next((request.environ[k] for k in _SOCKET_KEYS if k in request.environ), None),
+        sock=libraries.client_socket(request.environ),
         on_close=on_close,
         stream_id=g.request_id,
     )
-    hub.add_stream(stream)
-    claim = policy.take_claim()
+    registry.add_stream(stream)
+    claim = admission.take_claim()
     try:
         stream.subscribe(since_seq, request.args.get("epoch") or None)
     except BaseException as exc:

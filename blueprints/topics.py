@@ -1,32 +1,22 @@
-"""Topics and observability (README "REST API"): /topics, /health, /stats."""
+"""Topics and observability (docs/rest-api.md): /topics, /health, /stats."""
 
 from __future__ import annotations
 
 import logging
-import re
 
 from flask import Blueprint
 from flask_jwt_extended import get_jwt_identity, jwt_required
 
 from gateway.brokers import TopicExists, TopicNotFound
-from gateway.errors import ApiError
-from gateway.http import json_body, json_response
-from gateway.state import get_broker, get_hub, get_user_store, uptime_seconds
+from gateway.http.bodies import json_body, json_response, valid_topic_name
+from gateway.http.errors import ApiError
+from gateway.state import get_broker, get_registry, get_user_store, uptime_seconds
 
 bp = Blueprint("topics", __name__)
 log = logging.getLogger("gateway.http")
 
 # What /readyz always reports, "ok" or the reason; brokers may add their own (listener).
 READY_CHECKS = ("broker", "database", "heartbeat", "draining")
-
-_TOPIC_NAME = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-
-def valid_topic_name(name: object) -> str:
-    """Return `name` if it is a valid topic name (README "REST API"), else raise a 400."""
-    if not isinstance(name, str) or not _TOPIC_NAME.fullmatch(name):
-        raise ApiError(400, "topic name must be 1-128 characters of ASCII letters, digits and ._:-")
-    return name
 
 
 @bp.get("/health")
@@ -55,7 +45,7 @@ def readyz():
     Checks: the broker (Redis reachable, its listener running and connected), the
     WebSocket heartbeat loop, the accounts database, and draining after SIGTERM.
     """
-    problems = {**get_broker().problems(), **get_hub().problems()}
+    problems = {**get_broker().problems(), **get_registry().problems()}
     try:
         get_user_store().ping()
     except Exception as exc:  # noqa: BLE001 - any failure means "not ready", said below

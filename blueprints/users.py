@@ -1,17 +1,17 @@
-"""Accounts (README "REST API"): register, login, profile."""
+"""Accounts (docs/rest-api.md): register, login, profile."""
 
 from __future__ import annotations
 
 from flask import Blueprint
 from flask_jwt_extended import get_jwt_identity, jwt_required
 
-from gateway.auth import issue_token
-from gateway.errors import ApiError
-from gateway.http import json_body, json_response, string_field
+from gateway.accounts.store import User, UsernameTaken, ValidationError, validate_registration
+from gateway.accounts.tokens import issue_token
+from gateway.guards.rates import login_limited
+from gateway.http.bodies import json_body, json_response, string_field
+from gateway.http.errors import ApiError
 from gateway.protocol import iso
-from gateway.ratelimit import login_limited
 from gateway.state import get_user_store
-from gateway.users import User, UsernameTaken, ValidationError, validate_registration
 
 bp = Blueprint("users", __name__, url_prefix="/users")
 

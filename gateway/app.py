@@ -14,18 +14,20 @@ from collections.abc import Mapping
 from flask import Flask, g, request
 from flask_cors import CORS
 
-from gateway import policy, protocol, wsframes
-from gateway.auth import init_jwt
+from gateway import protocol
+from gateway.accounts.sqlite import SqliteUserStore
+from gateway.accounts.store import UserStore
+from gateway.accounts.tokens import init_jwt
 from gateway.brokers import Broker, MemoryBroker, Quotas
 from gateway.config import POSTGRES_SCHEMES, Settings, load_settings
-from gateway.errors import error_response, register_error_handlers
-from gateway.hub import Hub
+from gateway.guards import admission
+from gateway.guards.rates import init_rate_limits
+from gateway.http.errors import error_response, register_error_handlers
 from gateway.logs import configure as configure_logging
-from gateway.ratelimit import init_rate_limits
-from gateway.reader import NoReaderThread
 from gateway.state import EXTENSION, GatewayState
-from gateway.users import UserStore
-from gateway.users_sqlite import SqliteUserStore
+from gateway.transport import wsframes
+from gateway.transport.libraries import NoReaderThread
+from gateway.transport.registry import Registry
 
 log = logging.getLogger("gateway.http")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -42,7 +44,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_message_bytes,
         # simple-websocket only does the handshake: the handler's greenlet reads frames
-        # itself (gateway.reader) and the hub sends the WebSocket pings.
+        # itself (gateway.transport.reader) and the registry sends the WebSocket pings.
         SOCK_SERVER_OPTIONS={"thread_class": NoReaderThread},
     )
     if test_config is not None:
@@ -66,12 +68,16 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
         settings=settings,
         broker=_make_broker(settings),
         users=_make_user_store(app, settings),
-        hub=Hub(settings.heartbeat_interval, settings.shutdown_grace_seconds),
+        registry=Registry(
+            settings.heartbeat_interval,
+            settings.shutdown_grace_seconds,
+            settings.max_connections_per_worker or None,
+        ),
     )
     app.extensions[EXTENSION] = state
     # The Flask dev server ends on Ctrl-C by returning from serve_forever; draining here
     # gives its open WebSockets the same goodbye that SIGTERM gives them under gunicorn.
-    atexit.register(_drain_at_exit, weakref.ref(state.hub))
+    atexit.register(_drain_at_exit, weakref.ref(state.registry))
 
     from blueprints import messages, topics, users, ws
 
@@ -79,7 +85,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     app.register_blueprint(topics.bp)
     app.register_blueprint(messages.bp)
     app.register_blueprint(ws.bp)
-    policy.init_app(app)
+    admission.init_app(app)
     return app
 
 
@@ -101,8 +107,6 @@ def _make_broker(settings: Settings) -> Broker:
         settings.broker_url,
         settings.ring_buffer_size,
         encode,
-        protocol.pack_message,
-        protocol.unpack_message,
         quotas=quotas,
     )
 
@@ -111,7 +115,7 @@ def _make_user_store(app: Flask, settings: Settings) -> UserStore:
     url = settings.database_url
     if url is not None and url.startswith(POSTGRES_SCHEMES):
         # Imported only when used: psycopg must load after gevent has patched the worker.
-        from gateway.users_postgres import PostgresUserStore
+        from gateway.accounts.postgres import PostgresUserStore
 
         return PostgresUserStore(url)
     if url is None:
@@ -128,9 +132,9 @@ def _install_request_log(app: Flask) -> None:
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex[:16]
         g.started = time.perf_counter()
-        if app.extensions[EXTENSION].hub.shutting_down and request.path not in _PROBES:
+        if app.extensions[EXTENSION].registry.shutting_down and request.path not in _PROBES:
             # gunicorn stops accepting within a second of SIGTERM; until then, and on the
-            # dev server, new requests are turned away so load balancers move on (README "Delivery guarantees and backpressure").
+            # dev server, new requests are turned away so load balancers move on (docs/delivery.md).
             return error_response(503, "server is shutting down")
         return None
 
@@ -157,7 +161,7 @@ def _answer_preflights(app: Flask) -> None:
     """Answer every CORS preflight with 204, on any path, before auth or routing decide.
 
     A browser sends the real request only after a 2xx preflight: a 404 or 401 preflight
-    shows up as "Failed to fetch" instead of the real request's JSON error (README, REST
+    shows up as "Failed to fetch" instead of the real request's JSON error (docs/rest-api.md
     API). flask-cors adds its headers to the 204 as to any response. Registered after the
     request log, so that the preflight gets its request id and log line.
     """
@@ -174,7 +178,7 @@ def _answer_preflights(app: Flask) -> None:
         return None
 
 
-def _drain_at_exit(hub_ref: weakref.ref) -> None:
-    hub = hub_ref()
-    if hub is not None and hub.count():
-        hub.shutdown()
+def _drain_at_exit(registry_ref: weakref.ref) -> None:
+    registry = registry_ref()
+    if registry is not None and registry.count():
+        registry.shutdown()

@@ -1,4 +1,4 @@
-"""Settings read from the environment (README "Configuration"), validated once at start-up."""
+"""Settings read from the environment (docs/configuration.md), validated once at start-up."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class Rate:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every tunable of the gateway, with README "Configuration" defaults."""
+    """Every tunable of the gateway, with docs/configuration.md defaults."""
 
     jwt_secret_key: str
     allowed_origins: tuple[str, ...] = ("*",)
@@ -71,7 +71,7 @@ class Settings:
     broker_url: str = "memory://"
     write_timeout_seconds: float = 10.0
     shutdown_grace_seconds: float = 10.0
-    # Untrusted clients (docs in the README's "Limits"): 0 turns a quota or a rate off.
+    # Untrusted clients (docs in the docs/configuration.md "Limits"): 0 turns a quota or a rate off.
     max_json_depth: int = 32
     ring_buffer_bytes: int = 1 << 20
     login_rate_limit: Rate | None = None
@@ -80,9 +80,12 @@ class Settings:
     max_topics_per_user: int = 100
     max_subscriptions_per_connection: int = 100
     max_connections_per_user: int = 20
+    # Open WebSockets plus SSE streams one worker accepts; 0 is no limit. Under gunicorn,
+    # gunicorn.conf.py sets it from worker_connections unless the environment does.
+    max_connections_per_worker: int = 0
 
     def origin_allowed(self, origin: str | None) -> bool:
-        """Tell whether a WebSocket upgrade from this Origin may proceed (README "REST API")."""
+        """Tell whether a WebSocket upgrade from this Origin may proceed (docs/rest-api.md)."""
         if origin is None or "*" in self.allowed_origins:
             return True
         return origin in self.allowed_origins
@@ -188,4 +191,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_topics_per_user=_int(env, "MAX_TOPICS_PER_USER", 100, 0),
         max_subscriptions_per_connection=_int(env, "MAX_SUBSCRIPTIONS_PER_CONNECTION", 100, 0),
         max_connections_per_user=_int(env, "MAX_CONNECTIONS_PER_USER", 20, 0),
+        max_connections_per_worker=_int(env, "MAX_CONNECTIONS_PER_WORKER", 0, 0),
     )

@@ -1,4 +1,4 @@
-"""JSON documents from clients: parsed with a bound on nesting depth (README "Limits").
+"""JSON documents from clients: parsed with a bound on nesting depth (docs/configuration.md "Limits").
 
 Every WebSocket frame and REST body goes through `loads`. orjson itself refuses more than
 1024 levels, but it cannot encode more than 254, and a payload stored deeper than that

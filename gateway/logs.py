@@ -6,7 +6,7 @@ them; our own lines log the path without its query string and never a header or 
 
 Log lines carry text that clients chose (paths, request ids, usernames, topics, origins).
 The same filter escapes control characters in every message, ours and the libraries', so
-that no such text can end a line and forge the next one (README, Logging).
+that no such text can end a line and forge the next one (docs/operations.md "Logging").
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Every WebSocket frame shape (README "WebSocket protocol"): inbound text to a command, outbound frames to JSON.
+"""Every WebSocket frame shape (docs/protocol.md): inbound text to a command, outbound frames to JSON.
 
 Nothing else in the code base builds frame dicts. Outbound functions return UTF-8 JSON bytes;
-`gateway.wsframes` wraps them into WebSocket frames.
+`gateway.transport.wsframes` wraps them into WebSocket frames.
 """
 
 from __future__ import annotations
@@ -237,24 +237,3 @@ def dropped(topic: str, count: int, from_seq: int, to_seq: int) -> bytes:
 def shutdown() -> bytes:
     """Encode the `info`/`shutdown` notice sent before a 1001 close."""
     return _frame({"type": "info", "msg": "shutdown"})
-
-
-def pack_message(message_id: str, payload: bytes, timestamp: float) -> bytes:
-    """Serialise a published message for a broker's shared storage (not a wire frame).
-
-    `[id, timestamp]` as JSON, a newline, then the payload's JSON as it was encoded: a
-    JSON text has no raw newline, and reading it back never parses the payload.
-    """
-    return orjson.dumps([message_id, timestamp]) + b"\n" + payload
-
-
-def unpack_message(data: bytes) -> tuple[str, bytes, float]:
-    """Read back what `pack_message` wrote: (id, payload JSON, timestamp)."""
-    head, newline, payload = data.partition(b"\n")
-    if not newline:
-        # Written before payloads were kept encoded: one JSON object (still in a Redis
-        # that an older gateway filled).
-        message = orjson.loads(data)
-        return message["id"], orjson.dumps(message["payload"]), message["timestamp"]
-    message_id, timestamp = orjson.loads(head)
-    return message_id, payload, timestamp

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 from flask import current_app
 
+from gateway.accounts.store import UserStore
 from gateway.brokers import Broker
 from gateway.config import Settings
-from gateway.hub import Hub
-from gateway.users import UserStore
+from gateway.transport.registry import Registry
 
 EXTENSION = "gateway"
 
@@ -22,7 +22,7 @@ class GatewayState:
     settings: Settings
     broker: Broker
     users: UserStore
-    hub: Hub
+    registry: Registry
     started_at: float = field(default_factory=time.monotonic)
 
 
@@ -45,9 +45,9 @@ def get_user_store() -> UserStore:
     return _state().users
 
 
-def get_hub() -> Hub:
-    """Return the current app's WebSocket hub."""
-    return _state().hub
+def get_registry() -> Registry:
+    """Return the current app's WebSocket registry."""
+    return _state().registry
 
 
 def uptime_seconds() -> int:

@@ -1,4 +1,4 @@
-"""Background loops that nothing a client sends can end (README "Limits", "Operations").
+"""Background loops that nothing a client sends can end (docs/configuration.md "Limits", "Operations").
 
 Each loop (the Redis listener, the Redis heartbeat, the WebSocket heartbeat ticker) handles
 one item at a time and logs a bad one itself. `Loop` is the second line: if the loop's

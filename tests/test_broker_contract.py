@@ -10,7 +10,6 @@ from orjson import dumps as enc
 from orjson import loads
 from redis_server import RedisServer
 
-from gateway import protocol
 from gateway.brokers import (
     IDEMPOTENCY_KEYS_PER_TOPIC,
     Event,
@@ -80,8 +79,6 @@ def make_broker(request):
                 server.url,
                 ring_size,
                 encode,
-                protocol.pack_message,
-                protocol.unpack_message,
                 prefix=prefix,
                 quotas=quotas,
             )
@@ -135,9 +132,11 @@ def test_replay_then_live_without_gap_or_duplicate(make_broker):
     assert subscription.seq == 8
     assert [e.seq for e in broker.subscribe("t", Recorder(), last_n=50).replay] == [4, 5, 6, 7, 8]
     broker.publish("t", "x", enc(None))
-    late.wait(lambda r: len(r.events) >= 1)
-    time.sleep(0.2)  # give a late duplicate the chance to show up
-    assert late.seqs() == [9]
+    # Delivery is in seq order: once the marker (seq 10) is in, a late duplicate of a
+    # replayed event would have arrived before it.
+    broker.publish("t", "marker", enc(None))
+    late.wait(lambda r: r.seqs()[-1:] == [10])
+    assert late.seqs() == [9, 10]
 
 
 def test_subscribe_during_publishing_seam(make_broker):
@@ -153,7 +152,9 @@ def test_subscribe_during_publishing_seam(make_broker):
 
     thread = threading.Thread(target=publisher)
     thread.start()
-    time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while broker.topics()[0].messages < 20 and time.monotonic() < deadline:
+        time.sleep(0.001)  # until publishing is under way
     s = Recorder()
     subscription = broker.subscribe("t", s, last_n=10)
     s.wait(lambda r: len(r.events) >= 20)
@@ -177,9 +178,9 @@ def test_double_subscribe_is_one_subscription(make_broker):
     assert broker.subscribe("t", s, last_n=5).replay == []
     assert broker.subscriber_count() == 1
     broker.publish("t", "2", enc(None))
-    s.wait(lambda r: len(r.events) == 1)
-    time.sleep(0.1)
-    assert s.seqs() == [2]
+    broker.publish("t", "marker", enc(None))  # in order: a doubled seq 2 comes before it
+    s.wait(lambda r: r.seqs()[-1:] == [3])
+    assert s.seqs() == [2, 3]
 
 
 def test_unknown_topics_and_duplicates(make_broker):
@@ -310,9 +311,9 @@ def test_idempotent_publish_delivers_once_and_returns_the_first_result(make_brok
     # A duplicate is told the first publish's id, seq and time; nothing is kept of its body.
     assert (again.seq, again.id, again.timestamp) == (first.seq, "m1", first.timestamp)
     assert other.seq == first.seq + 1
-    s.wait(lambda r: len(r.events) == 2)
-    time.sleep(0.1)
-    assert s.seqs() == [1, 2]
+    marker = broker.publish("t", "m-marker", enc(None))  # in order: a resent k1 comes before it
+    s.wait(lambda r: r.seqs()[-1:] == [marker.seq])
+    assert s.seqs() == [1, 2, 3]
     broker.delete_topic("t")
     broker.create_topic("t")
     # A new stream: a new key space.

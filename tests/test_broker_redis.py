@@ -11,7 +11,6 @@ from orjson import loads
 from redis_server import RedisServer
 from test_broker_contract import Recorder, encode
 
-from gateway import protocol
 from gateway.brokers import BrokerUnavailable
 from gateway.brokers.redis import RedisBroker
 
@@ -28,9 +27,7 @@ def make_broker(server):
     made = []
 
     def make(ring_size: int = 100) -> RedisBroker:
-        broker = RedisBroker(
-            server.url, ring_size, encode, protocol.pack_message, protocol.unpack_message
-        )
+        broker = RedisBroker(server.url, ring_size, encode)
         made.append(broker)
         return broker
 

@@ -1,4 +1,4 @@
-"""The configuration loader (README "Configuration")."""
+"""The configuration loader (docs/configuration.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The HTTP edge against hostile or careless clients: preflights on any path, the SSE Origin
-check, log lines that cannot be forged, and tokens that must expire (README: REST API,
+check, log lines that cannot be forged, and tokens that must expire (docs/rest-api.md,
 Logging)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 import jwt
 import pytest
 
-from gateway.auth import AuthError, verify
+from gateway.accounts.tokens import AuthError, verify
 from gateway.logs import SafeMessage, escape_controls
 
 PREFLIGHT = {"Origin": "https://a.example", "Access-Control-Request-Method": "POST"}
@@ -125,7 +125,7 @@ def test_every_log_destination_of_the_app_escapes(app):
         logging.getLogger("gunicorn.access"),
     ):
         record = logging.LogRecord(
-            "gateway.http", logging.INFO, __file__, 1, "path=%s", ("/a\nINFO forged",), None
+            "gateway.http.bodies", logging.INFO, __file__, 1, "path=%s", ("/a\nINFO forged",), None
         )
         assert where.filter(record), where
         assert record.getMessage() == r"path=/a\x0aINFO forged", where

@@ -1,4 +1,4 @@
-"""The per-connection outbox: whole frames, drop-oldest with notices, slow consumers (README "Delivery guarantees and backpressure")."""
+"""The per-connection outbox: whole frames, drop-oldest with notices, slow consumers (docs/delivery.md)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from wire_reader import WireReader
 from wsproto.frame_protocol import Opcode
 
-from gateway import wsframes
-from gateway.outbox import Outbox
+from gateway.transport import wsframes
+from gateway.transport.outbox import Outbox
 
 
 def event_frame(topic: str, seq: int, size: int = 0) -> bytes:

@@ -1,4 +1,4 @@
-"""The WebSocket frame codec (README "WebSocket protocol")."""
+"""The WebSocket frame codec (docs/protocol.md)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import re
 
 import pytest
 
-from gateway import protocol, wsframes
+from gateway import protocol
 from gateway.brokers import Event
+from gateway.brokers.redis import scripts
 from gateway.protocol import BAD_REQUEST, ProtocolError
+from gateway.transport import wsframes
 
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
@@ -141,13 +143,13 @@ def test_close_frame_carries_code_and_reason():
 
 
 def test_stored_messages_round_trip_without_parsing_the_payload():
-    packed = protocol.pack_message("m\n1", b'{"a":[1,"\\n"]}', 12.5)
-    assert protocol.unpack_message(packed) == ("m\n1", b'{"a":[1,"\\n"]}', 12.5)
+    packed = scripts.pack_message("m\n1", b'{"a":[1,"\\n"]}', 12.5)
+    assert scripts.unpack_message(packed) == ("m\n1", b'{"a":[1,"\\n"]}', 12.5)
 
 
 def test_messages_stored_by_an_older_gateway_still_read():
     legacy = b'{"id":"m1","payload":{"a":1},"timestamp":3.0}'
-    assert protocol.unpack_message(legacy) == ("m1", b'{"a":1}', 3.0)
+    assert scripts.unpack_message(legacy) == ("m1", b'{"a":1}', 3.0)
 
 
 def test_the_bracket_count_shortcut_never_clears_a_deep_document():

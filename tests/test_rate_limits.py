@@ -1,4 +1,4 @@
-"""Rate limits (README "Limits"): logins per IP and per username, HTTP publishes per user,
+"""Rate limits (docs/configuration.md "Limits"): logins per IP and per username, HTTP publishes per user,
 shared through Redis, and the WebSocket's token bucket.
 
 Windows are a minute or longer, so a slow machine cannot see a window end mid-test; the
@@ -13,7 +13,7 @@ import pytest
 from redis_server import RedisServer
 
 from gateway.config import Rate
-from gateway.ratelimit import TokenBucket
+from gateway.guards.rates import TokenBucket
 from gateway.state import get_broker
 
 PASSWORD = "correct horse battery"

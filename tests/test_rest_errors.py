@@ -1,4 +1,4 @@
-"""Error shapes, CORS, the WebSocket route over plain HTTP, and start-up config (README "Configuration", §3)."""
+"""Error shapes, CORS, the WebSocket route over plain HTTP, and start-up config (docs/rest-api.md, docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -222,7 +222,7 @@ def test_ws_with_bad_token_is_401_before_any_upgrade(client):
     assert_error(client.get("/ws?token=garbage", headers=upgrade), 401)
 
 
-# --- configuration (README "Configuration") ----------------------------------------------------------------
+# --- configuration (docs/configuration.md) ----------------------------------------------------------------
 
 
 def config(**settings):

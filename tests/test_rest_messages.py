@@ -11,8 +11,8 @@ import pytest
 
 from gateway import protocol
 from gateway.brokers import BrokerUnavailable, Event, Subscription
-from gateway.sse import SseStream
-from gateway.state import get_broker, get_hub
+from gateway.state import get_broker, get_registry
+from gateway.transport.sse import SseStream
 
 PUBLISHED_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -192,7 +192,7 @@ def test_the_broker_down_is_503_everywhere(app, client, headers, topic, monkeypa
     assert_error(client.get(f"/topics/{topic}/messages", headers=headers), 503)
     assert_error(client.get(f"/topics/{topic}/events", headers=headers), 503)
     with app.app_context():
-        assert get_hub().count() == 0
+        assert get_registry().count() == 0
 
 
 # --- GET /topics/<name>/messages -------------------------------------------------------------
@@ -474,15 +474,15 @@ def test_hub_shutdown_ends_the_stream_with_shutdown(make_app, auth_headers):
     stream = open_stream(client, "orders", headers)
     stream.next_item()
     with app.app_context():
-        hub = get_hub()
-    assert hub.count() == 1
-    stopper = threading.Thread(target=hub.shutdown, daemon=True)
+        registry = get_registry()
+    assert registry.count() == 1
+    stopper = threading.Thread(target=registry.shutdown, daemon=True)
     stopper.start()
     items = stream.next_items()
     assert items == [{"event": "shutdown", "data": {"topic": "orders"}}]
     assert stream.next_chunk() is None
     stopper.join(5)
-    assert not stopper.is_alive() and hub.count() == 0
+    assert not stopper.is_alive() and registry.count() == 0
 
 
 def test_sse_sends_heartbeat_comments(make_app, auth_headers):
@@ -534,7 +534,7 @@ def test_sse_unknown_topic_is_404_and_leaves_nothing_behind(app, client, headers
     assert_error(client.get("/topics/missing/events", headers=headers), 404)
     assert_error(client.get("/topics/bad%20name/events", headers=headers), 400)
     with app.app_context():
-        assert get_hub().count() == 0
+        assert get_registry().count() == 0
 
 
 # --- the seam, with a broker that hands over events while subscribe runs ----------------------

@@ -1,4 +1,4 @@
-"""Topics, /health and /stats over REST (README "REST API")."""
+"""Topics, /health and /stats over REST (docs/rest-api.md)."""
 
 from __future__ import annotations
 
@@ -296,3 +296,18 @@ def test_recreated_topic_starts_at_zero_messages(app, client, headers):
     assert create(client, headers, "phoenix").status_code == 201
     reborn = client.get("/stats").get_json()["topics"]["phoenix"]
     assert (reborn["messages"], reborn["subscribers"]) == (0, 0)
+
+
+def test_every_json_reply_ends_with_a_newline(client, auth_headers):
+    # curl prints the body as it is: without the newline the shell prompt joins the JSON.
+    headers = auth_headers()
+    replies = [
+        client.post("/topics", json={"name": "nl"}, headers=headers),  # 201
+        client.get("/topics", headers=headers),  # 200
+        client.get("/health"),
+        client.post("/topics", json={"name": "nl"}, headers=headers),  # 409, an error
+        client.get("/nope"),  # 404 from Flask itself
+    ]
+    for reply in replies:
+        assert reply.mimetype == "application/json", reply.status
+        assert reply.data.endswith(b"}\n"), (reply.status, reply.data[-20:])

@@ -1,4 +1,4 @@
-"""Accounts and tokens over REST (README "REST API"): register, login, profile and token checks."""
+"""Accounts and tokens over REST (docs/rest-api.md): register, login, profile and token checks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A session keeps the replay/live seam and the unsubscribe edge exact (README "Delivery guarantees and backpressure", §5.5)."""
+"""A session keeps the replay/live seam and the unsubscribe edge exact (docs/delivery.md)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import pytest
 from orjson import dumps as enc
 from wire_reader import WireReader
 
-from gateway import protocol, wsframes
+from gateway import protocol
 from gateway.brokers import MemoryBroker
 from gateway.brokers.contract import run_sends
 from gateway.config import Rate
-from gateway.outbox import Outbox
-from gateway.session import Session
+from gateway.transport import wsframes
+from gateway.transport.outbox import Outbox
+from gateway.transport.session import Session
 
 
 @pytest.fixture
@@ -241,7 +242,7 @@ def test_events_delivered_while_subscribing_follow_the_replay_exactly_once(setup
         assert session.deliver(late_duplicate) is None  # held: nothing to write yet
         for i in range(3):
             broker.publish("t", f"live{i}", enc(i))  # seqs 6-8, delivered into the hold
-        held_seen.append([e.seq for e in session._held["t"]])
+        held_seen.append([e.seq for e in session._holding._topics["t"]])
         return subscription
 
     broker.subscribe = subscribe_while_publishing
@@ -288,5 +289,57 @@ def test_no_socket_write_happens_under_the_broker_lock():
         release.set()
         stuck.join(5)
         for pair in sockets:
+            for sock in pair:
+                sock.close()
+
+
+class _WatchedLock:
+    """A lock that knows whether it is held (for the tests of the lock rule)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.held = False
+
+    def __enter__(self):
+        self._lock.acquire()
+        self.held = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.held = False
+        self._lock.release()
+
+
+def test_under_gevent_no_socket_write_happens_under_the_broker_lock():
+    # gunicorn's worker: the first write of an event-loop tick goes out at once, but only
+    # after the broker has released its lock, for every subscriber of the fan-out.
+    import gevent
+    import gevent.socket
+
+    broker = MemoryBroker(10, encode=lambda e: wsframes.text(protocol.event(e)))
+    broker._lock = lock = _WatchedLock()
+    broker.create_topic("t")
+    pairs = [gevent.socket.socketpair() for _ in range(3)]
+    writes_under_lock, writes = [], []
+    for index, (ours, _) in enumerate(pairs):
+        outbox = Outbox(ours, f"c{index}", queue_size=10, write_timeout=5)
+        real_send = outbox._sender.send_nowait
+
+        def watched_send(data, real_send=real_send) -> int:
+            (writes_under_lock if lock.held else writes).append(len(data))
+            return real_send(data)
+
+        outbox._sender.send_nowait = watched_send
+        broker.subscribe("t", Session(f"c{index}", "u", broker, outbox, max_json_depth=32))
+    try:
+        gevent.spawn(broker.publish, "t", "m", enc(1)).join(5)
+        assert writes_under_lock == []
+        assert len(writes) == 3  # each subscriber's write went out in the same tick
+        for _, theirs in pairs:
+            reader = WireReader(theirs)
+            reader.read_until(lambda frames: len(frames) == 1)
+            assert reader.texts()[0]["message"]["seq"] == 1
+    finally:
+        for pair in pairs:
             for sock in pair:
                 sock.close()

@@ -6,7 +6,7 @@ import threading
 import time
 
 from gateway import supervisor
-from gateway.state import get_hub
+from gateway.state import get_registry
 
 
 def wait_for(predicate, timeout: float = 5.0) -> None:
@@ -59,23 +59,23 @@ def test_readyz_is_ready_with_every_check_ok(client):
 
 def test_readyz_names_a_dead_heartbeat_loop_and_draining(app, client):
     with app.app_context():
-        hub = get_hub()
+        registry = get_registry()
 
     class Dead:
         running = False
 
-    hub._heartbeat = Dead()
+    registry._heartbeat = Dead()
     response = client.get("/readyz")
     assert response.status_code == 503
     body = response.get_json()
     assert body["status"] == "unavailable" and "heartbeat" in body["error"]
     assert body["checks"]["heartbeat"] != "ok" and body["checks"]["broker"] == "ok"
-    hub._heartbeat = None
-    hub.shutting_down = True  # what SIGTERM sets
+    registry._heartbeat = None
+    registry.shutting_down = True  # what SIGTERM sets
     response = client.get("/readyz")
     assert response.status_code == 503 and response.get_json()["checks"]["draining"] != "ok"
     assert client.get("/livez").status_code == 200  # alive while it drains
-    hub.shutting_down = False
+    registry.shutting_down = False
 
 
 def test_readyz_names_an_unreachable_database(app, client):

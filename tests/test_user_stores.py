@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from services import postgres_database
 
+from gateway.accounts.offload import CpuPool
+from gateway.accounts.sqlite import SqliteUserStore
+from gateway.accounts.store import User, UsernameTaken, UserStore
 from gateway.config import POSTGRES_SCHEMES, ConfigError, load_settings
-from gateway.offload import CpuPool
 from gateway.state import EXTENSION
-from gateway.users import User, UsernameTaken, UserStore
-from gateway.users_sqlite import SqliteUserStore
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery"
@@ -72,7 +72,7 @@ def make_store():
 
     def make(target: str, cpu: CpuPool | None = None) -> UserStore:
         if target.startswith(POSTGRES_SCHEMES):
-            from gateway.users_postgres import PostgresUserStore
+            from gateway.accounts.postgres import PostgresUserStore
 
             store = PostgresUserStore(target, cpu)
         else:
@@ -240,7 +240,7 @@ def test_two_stores_on_one_postgres_database_share_accounts(make_store, postgres
 
 
 def test_rest_register_login_profile_with_a_postgres_database_url(make_app, postgres_url):
-    from gateway.users_postgres import PostgresUserStore
+    from gateway.accounts.postgres import PostgresUserStore
 
     _drop_users_table(postgres_url)
     app = make_app(DATABASE_URL=postgres_url)
@@ -273,7 +273,7 @@ import sys, time
 from gevent import monkey
 monkey.patch_all()
 import gevent
-from gateway.users_postgres import PostgresUserStore
+from gateway.accounts.postgres import PostgresUserStore
 
 store = PostgresUserStore(sys.argv[1])
 print("ready", flush=True)
@@ -335,7 +335,7 @@ _IMPORT_TOO_EARLY = """
 import psycopg
 from gevent import monkey
 monkey.patch_all()
-from gateway.users_postgres import PostgresUserStore
+from gateway.accounts.postgres import PostgresUserStore
 
 PostgresUserStore("postgresql://127.0.0.1:1/never-reached")
 """

@@ -1,27 +1,11 @@
-"""The gunicorn internals gateway.worker relies on (pinned: a gunicorn upgrade shows here)."""
+"""The gunicorn worker's JSON error answers (the internals it uses: tests/test_libraries.py)."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import socket
 
-from gunicorn import util
-from gunicorn.workers import base
-
 from gateway.worker import write_json_error
-
-
-def test_gunicorn_still_answers_its_errors_through_util_write_error():
-    assert list(inspect.signature(util.write_error).parameters) == [
-        "sock",
-        "status_int",
-        "reason",
-        "mesg",
-    ]
-    assert "util.write_error(client, status_int, reason, mesg)" in inspect.getsource(
-        base.Worker.handle_error
-    )
 
 
 def test_the_error_answer_is_the_gateway_json_shape():

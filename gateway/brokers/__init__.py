@@ -3,10 +3,11 @@
 This package owns what a message goes through between a publish and a subscriber's queue:
 `contract` (the Broker interface, its events and errors, documented once), `fanout` (local
 subscribers and delivery, shared by every broker), `memory` (MemoryBroker, one process) and
-`redis` (RedisBroker, any number of workers sharing one Redis). It knows no Flask, no JSON
-and no sockets: it may import the standard library, `gateway.supervisor` and redis (inside
-`redis` only, loaded on demand once gevent has patched the worker), and nothing else of the
-gateway. Callers import from here, or `from gateway.brokers.redis import RedisBroker`.
+`redis` (RedisBroker, any number of workers sharing one Redis). It knows no Flask and no
+sockets, and payloads are opaque JSON bytes to it: it may import the standard library,
+`gateway.supervisor`, redis and orjson (inside `redis` only, loaded on demand once gevent
+has patched the worker; orjson for the stored entry's header), and nothing else of the
+gateway (tests/test_layout.py). Callers import from here, or `from gateway.brokers.redis import RedisBroker`.
 """
 
 from __future__ import annotations

@@ -30,12 +30,12 @@ class BrokerUnavailable(Exception):
 
 
 class LimitExceeded(Exception):
-    """A quota (README "Limits") refuses the operation; the message says which."""
+    """A quota (docs/configuration.md "Limits") refuses the operation; the message says which."""
 
 
 @dataclass(frozen=True, slots=True)
 class Quotas:
-    """What one gateway holds at most; 0 is no limit (README "Limits")."""
+    """What one gateway holds at most; 0 is no limit (docs/configuration.md "Limits")."""
 
     ring_bytes: int = 1 << 20  # encoded messages kept per topic, besides the ring's count
     max_topics: int = 0  # topics in the whole gateway
@@ -126,12 +126,11 @@ Send = Callable[[], None] | None
 class Subscriber(Protocol):
     """What the broker calls back on; implemented by a WebSocket connection or SSE stream.
 
-    Both methods are called with the broker's lock held, so they must not block: they
-    append to the subscriber's own bounded queue. A subscriber that wants its socket written
-    at once returns the write as a `Send`; the broker runs every returned Send after it has
-    released its lock (`run_sends`), so that under real threads no publish waits on another
-    connection's socket. (Under gevent a WebSocket sends its first frame of a loop tick in
-    `deliver` itself: one non-blocking send, during which no greenlet can run.)
+    Both methods are called with the broker's lock held, so they must not block and must do
+    no I/O: they append to the subscriber's own bounded queue. A subscriber that wants its
+    socket written at once returns the write as a `Send`; the broker runs every returned
+    Send after it has released its lock (`run_sends`), under gevent and threads alike, so
+    that no publish ever waits on another connection's socket (tests/test_session.py).
     """
 
     def deliver(self, event: Event) -> Send: ...

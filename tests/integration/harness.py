@@ -30,7 +30,7 @@ from websockets.sync.client import ClientConnection, connect
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# Variables of README "Configuration" (and gunicorn's own) that must not leak from the caller's shell.
+# Variables of docs/configuration.md (and gunicorn's own) that must not leak from the caller's shell.
 CONFIG_VARS = (
     "JWT_SECRET_KEY",
     "PORT",
@@ -55,6 +55,7 @@ CONFIG_VARS = (
     "MAX_TOPICS_PER_USER",
     "MAX_SUBSCRIPTIONS_PER_CONNECTION",
     "MAX_CONNECTIONS_PER_USER",
+    "MAX_CONNECTIONS_PER_WORKER",
     "HOST",
     "GUNICORN_CMD_ARGS",
     "FLASK_APP",

@@ -1,4 +1,4 @@
-"""Slow and stalled consumers (README "Delivery guarantees and backpressure", §10): drop-oldest with notices, whole frames on the
+"""Slow and stalled consumers (docs/delivery.md): drop-oldest with notices, whole frames on the
 wire, and a never-reading socket cut off without hurting anyone else."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def account_for_drops(
             seq = check_event(f, topic)["seq"]
             assert seq >= expected, f"seq went backwards or repeated: {seq} after {expected - 1}"
             assert seq == expected + pending, (
-                f"§5.4: events {expected}..{seq - 1} were lost but the dropped notices before seq "
+                f"docs/delivery.md: events {expected}..{seq - 1} were lost but the dropped notices before seq "
                 f"{seq} only account for {pending}"
             )
             received += 1
@@ -181,7 +181,7 @@ def test_never_reading_subscriber_is_cut_off_while_others_get_everything(server_
     # The socket took bytes when the first events went out, so the no-progress deadline
     # cannot have run out before write_timeout had passed since then.
     assert cut_after >= write_timeout, f"cut off after {cut_after:.2f}s, before the write timeout"
-    # ... and it was the outbox's write timeout that cut it off (README "Delivery guarantees and backpressure"), nothing else.
+    # ... and it was the outbox's write timeout that cut it off (docs/delivery.md), nothing else.
     slow = [line for line in srv.log_text().splitlines() if "slow_consumer conn=" in line]
     assert len(slow) == 1 and "write_timeout=" in slow[0], srv.log_tail()
 
@@ -210,6 +210,4 @@ def test_never_reading_subscriber_is_cut_off_while_others_get_everything(server_
     finally:
         stalled.close()
     assert code != "still open", "server kept the stalled socket open"
-    assert code in (None, 4008), (
-        f"slow consumer closed with {code}, the README (Delivery guarantees) says 4008"
-    )
+    assert code in (None, 4008), f"slow consumer closed with {code}, the docs/delivery.md says 4008"

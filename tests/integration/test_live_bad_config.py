@@ -1,5 +1,5 @@
 """Bad configuration stops gunicorn with a non-zero exit and a message naming the problem,
-instead of a worker respawning forever (README "Configuration", §6)."""
+instead of a worker respawning forever (docs/configuration.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""gunicorn listens on loopback unless HOST says otherwise (README, Configuration)."""
+"""gunicorn listens on loopback unless HOST says otherwise (docs/configuration.md)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from harness import create_topic, http, register, wait_until, ws_connect
+from harness import create_topic, http, http_full, register, wait_until, ws_connect
 from websockets.exceptions import InvalidStatus
 
 
@@ -58,6 +58,28 @@ def test_worker_connections_caps_websockets_and_rest_still_answers(server_factor
             client.close()
 
 
+def test_max_connections_per_worker_caps_websockets_and_sse_streams(server_factory):
+    srv = server_factory(env={"MAX_CONNECTIONS_PER_WORKER": "2"})
+    token = register(srv)
+    topic = create_topic(srv, token)
+    clients = [ws_connect(srv, token) for _ in range(2)]
+    try:
+        try:
+            ws_connect(srv, token).close()
+        except InvalidStatus as exc:
+            assert exc.response.status_code == 503
+        else:
+            raise AssertionError("a third WebSocket was accepted past MAX_CONNECTIONS_PER_WORKER=2")
+        # SSE streams count against the same cap, refused before the stream starts.
+        resp = http_full("GET", f"{srv.url}/topics/{topic}/events?token={token}", timeout=5)
+        assert resp.status == 503 and resp.headers.get("retry-after") == "5"
+        assert "sse_rejected status=503 reason=capacity connections=2" in srv.log_text()
+        assert clients[0].ping()["type"] == "pong"  # the open ones are unaffected
+    finally:
+        for client in clients:
+            client.close()
+
+
 def _can_raise_open_files_limit() -> bool:
     """Tell whether a process here may raise its open-files hard limit (CAP_SYS_RESOURCE)."""
     probe = (
@@ -79,7 +101,10 @@ def test_a_low_open_files_limit_is_split_between_websockets_and_requests(server_
             pytest.skip("processes here may raise their open-files limit and setpriv is missing")
         wrapper = (setpriv, "--bounding-set", "-sys_resource", "--inh-caps", "-sys_resource")
     srv = server_factory(nofile=1100, wrapper=wrapper)
-    assert "1100: 38 WebSockets and 38 requests in progress per worker" in srv.log_text()
+    assert (
+        "1100: 38 WebSockets and SSE streams and 38 requests in progress per worker"
+        in srv.log_text()
+    )
     token = register(srv)
     clients = []
     try:

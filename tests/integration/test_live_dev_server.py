@@ -1,4 +1,4 @@
-"""The Flask dev server serves REST and /ws with the same behaviour (README "Running in production")."""
+"""The Flask dev server serves REST and /ws with the same behaviour (docs/operations.md "Running in production")."""
 
 from __future__ import annotations
 

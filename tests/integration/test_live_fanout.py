@@ -1,5 +1,5 @@
 """Fan-out, isolation and order with concurrent publishers; counts in /health, /stats, /topics
-(README "REST API", §5.1-5.3, §5.7)."""
+(docs/delivery.md)."""
 
 from __future__ import annotations
 

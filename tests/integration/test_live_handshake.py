@@ -1,5 +1,5 @@
 """Malformed WebSocket handshakes get a 400 JSON error, never a 5xx, and never hurt the server
-(README, WebSocket protocol)."""
+(docs/protocol.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Heartbeat frames (README "Delivery guarantees and backpressure")."""
+"""Heartbeat frames (docs/delivery.md)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def test_heartbeat_pings_arrive_repeatedly(server_factory):
 
 
 def test_silent_peer_is_found_by_websocket_pings_and_removed(server_factory):
-    """A client that answers no WebSocket ping is dropped within a few intervals (README "Delivery guarantees and backpressure")."""
+    """A client that answers no WebSocket ping is dropped within a few intervals (docs/delivery.md)."""
     srv = server_factory(env={"HEARTBEAT_INTERVAL": 1})
     token = register(srv)
     topic = create_topic(srv, token)
@@ -53,7 +53,7 @@ def test_silent_peer_is_found_by_websocket_pings_and_removed(server_factory):
 
 
 def test_every_connection_gets_each_heartbeat_when_there_are_hundreds(server_factory):
-    """The hub beats in slices, yielding between them; no connection may be skipped."""
+    """The registry beats in slices, yielding between them; no connection may be skipped."""
     srv = server_factory(env={"HEARTBEAT_INTERVAL": 2})
     token = register(srv)
     clients = [ws_connect(srv, token) for _ in range(250)]

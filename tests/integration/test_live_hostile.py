@@ -1,4 +1,4 @@
-"""Hostile clients against a real gunicorn (README "Limits", §3, §4, §5, §13), on both brokers.
+"""Hostile clients against a real gunicorn (docs/configuration.md "Limits"), on both brokers.
 
 One gateway per broker runs every attack with the limits below set explicitly (harness.Server
 turns rate limits and per-user quotas off by default). The Redis gateway runs two workers,

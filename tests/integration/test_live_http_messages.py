@@ -1,4 +1,4 @@
-"""HTTP publish, history and the SSE stream against a real gunicorn (issue 5, README "Messages over HTTP and server-sent events")."""
+"""HTTP publish, history and the SSE stream against a real gunicorn (issue 5, docs/rest-api.md "Messages over HTTP and server-sent events")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Text a client chooses cannot forge a line in the server's log (README, Logging)."""
+"""Text a client chooses cannot forge a line in the server's log (docs/operations.md "Logging")."""
 
 from __future__ import annotations
 

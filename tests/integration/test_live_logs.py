@@ -1,4 +1,4 @@
-"""No token and no password ever reaches the server's logs, gunicorn or dev server (README "REST API", §2.2, §6)."""
+"""No token and no password ever reaches the server's logs, gunicorn or dev server (docs/operations.md "Logging")."""
 
 from __future__ import annotations
 

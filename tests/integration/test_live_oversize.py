@@ -1,4 +1,4 @@
-"""MAX_MESSAGE_BYTES on WebSocket messages (bytes, after reassembly) and REST bodies (README "Configuration", §3, §4.3)."""
+"""MAX_MESSAGE_BYTES on WebSocket messages (bytes, after reassembly) and REST bodies (docs/configuration.md, docs/protocol.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every row of README "WebSocket protocol" against the real server; after each error the socket still works."""
+"""Every row of docs/protocol.md against the real server; after each error the socket still works."""
 
 from __future__ import annotations
 

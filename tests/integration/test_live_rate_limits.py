@@ -1,4 +1,4 @@
-"""Login rate limits on a real gunicorn (README "Limits"): per client IP and per username,
+"""Login rate limits on a real gunicorn (docs/configuration.md "Limits"): per client IP and per username,
 429 with Retry-After, live WebSockets unaffected by a flood, and one budget for every worker
 when the counters live in Redis.
 

@@ -1,4 +1,4 @@
-"""Replay with last_n and the replay/live seam (README "WebSocket protocol", §5.5)."""
+"""Replay with last_n and the replay/live seam (docs/protocol.md, docs/delivery.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """REST errors, token checks, CORS and the WebSocket Origin/auth gate over real sockets
-(README "REST API", §3)."""
+(docs/rest-api.md)."""
 
 from __future__ import annotations
 

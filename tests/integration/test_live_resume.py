@@ -1,4 +1,4 @@
-"""Resume by seq over real sockets, on the memory and the Redis broker (issue 5, README "Messages over HTTP and server-sent events")."""
+"""Resume by seq over real sockets, on the memory and the Redis broker (issue 5, docs/rest-api.md "Messages over HTTP and server-sent events")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Scale-out on Redis (README "Scale-out with Redis"): two gunicorn gateways with two gevent workers each, one Redis,
-one PostgreSQL database, acting as one gateway (§3 REST, §4 wire, §5 delivery).
+"""Scale-out on Redis (docs/operations.md "Scale-out with Redis"): two gunicorn gateways with two gevent workers each, one Redis,
+one PostgreSQL database, acting as one gateway (docs/operations.md "Scale-out with Redis").
 
 A WebSocket lands on either worker of its gateway, so every test here crosses processes:
 gateway A's workers and gateway B's workers only meet through Redis and PostgreSQL.

@@ -1,4 +1,4 @@
-"""The seed's user journey end to end, and two sockets sharing one token (README "REST API", §3, §4)."""
+"""The seed's user journey end to end, and two sockets sharing one token (docs/rest-api.md, docs/protocol.md)."""
 
 from __future__ import annotations
 

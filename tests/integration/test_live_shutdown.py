@@ -1,4 +1,4 @@
-"""SIGTERM drains queued events, says goodbye with info/shutdown and 1001, exits 0 (README "Delivery guarantees and backpressure")."""
+"""SIGTERM drains queued events, says goodbye with info/shutdown and 1001, exits 0 (docs/delivery.md)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,14 @@ def new_connection_outcome(srv, token) -> str:
     except Exception as exc:  # noqa: BLE001 - any refusal shape is fine
         outcomes.append(f"ws refused ({type(exc).__name__})")
     return ", ".join(outcomes)
+
+
+def assert_said_goodbye(client, timeout: float) -> None:
+    """The client's last frames are info/shutdown (heartbeats aside), then a 1001 close."""
+    got, code = client.until_closed(timeout=timeout)
+    got = [f for f in got if not (f["type"] == "info" and f.get("msg") == "ping")]
+    assert [(f["type"], f.get("msg")) for f in got] == [("info", "shutdown")], got
+    assert code == 1001, code
 
 
 @pytest.mark.parametrize("target", ["master", "process group"])
@@ -91,13 +99,25 @@ def test_sigterm_flushes_queued_events_then_shutdown_and_1001(server_factory, ta
     sub.close()
 
     for client in (idle, pub):
-        got, code = client.until_closed(timeout=GRACE + 3)
-        got = [f for f in got if not (f["type"] == "info" and f.get("msg") == "ping")]
-        assert [(f["type"], f.get("msg")) for f in got] == [("info", "shutdown")], got
-        assert code == 1001, code
+        assert_said_goodbye(client, timeout=GRACE + 3)
 
     rc = srv.wait_exit(GRACE + 5)
     assert rc == 0, f"exit code {rc} after SIGTERM\n{srv.log_tail()}"
     assert not any(word in outcome for word in ("200", "101", "hung")), (
         f"a new connection during the drain was served: {outcome}\n{srv.log_tail()}"
     )
+
+
+def test_ctrl_c_says_goodbye_and_exits_without_a_traceback(server_factory):
+    """Ctrl-C in the terminal of `make run`: SIGINT to the master and the worker at once."""
+    srv = server_factory(env={"SHUTDOWN_GRACE_SECONDS": GRACE})
+    token = register(srv)
+    topic = create_topic(srv, token)
+    client = ws_connect(srv, token)
+    assert client.subscribe(topic)["type"] == "ack"
+    os.killpg(srv.proc.pid, signal.SIGINT)
+    assert_said_goodbye(client, timeout=GRACE + 5)
+    rc = srv.wait_exit(GRACE + 10)
+    assert rc == 0, f"exit code {rc} after Ctrl-C\n{srv.log_tail()}"
+    log = srv.log_text()
+    assert "Traceback" not in log and "failed with SystemExit" not in log, srv.log_tail()

@@ -1,4 +1,4 @@
-"""Deleting a topic under live subscribers, then re-creating it (README "Delivery guarantees and backpressure", §9)."""
+"""Deleting a topic under live subscribers, then re-creating it (docs/rest-api.md, docs/delivery.md)."""
 
 from __future__ import annotations
 

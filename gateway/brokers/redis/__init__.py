@@ -1,4 +1,4 @@
-"""RedisBroker: topics, history and seq in Redis, fan-out local to each worker (README "Scale-out with Redis").
+"""RedisBroker: topics, history and seq in Redis, fan-out local to each worker (docs/operations.md "Scale-out with Redis").
 
 Any number of gunicorn workers and hosts share one Redis. A Lua script gives each message
 its seq, appends it to the topic's history ring and publishes it on the topic's channel in

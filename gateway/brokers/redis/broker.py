@@ -47,15 +47,11 @@ class RedisBroker(Broker):
         url: str,
         ring_size: int,
         encode: Encoder,
-        pack: scripts.Packer,
-        unpack: scripts.Unpacker,
         prefix: str = "gw",
         quotas: Quotas | None = None,
     ) -> None:
         self._ring_size = ring_size
         self._quotas = quotas or Quotas()
-        self._pack = pack
-        self._unpack = unpack
         self._keys = scripts.Keys(prefix)
         worker = uuid.uuid4().hex[:12]
         self._redis = connect(url)
@@ -78,7 +74,6 @@ class RedisBroker(Broker):
             self._fanout,
             self._counts,
             encode,
-            unpack,
             self._stopping,
         )
         self._listener_loop = Loop("redis-listener", self._listener.run, self._stopping).start()
@@ -134,7 +129,7 @@ class RedisBroker(Broker):
         publisher: str | None = None,
     ) -> Event:
         keys = self._keys.publish(topic, publisher or "", idempotency_key)
-        body = self._pack(message_id, payload, time.time())
+        body = scripts.pack_message(message_id, payload, time.time())
         if idempotency_key is None:
             ttl, head = "", b""
         else:
@@ -154,7 +149,7 @@ class RedisBroker(Broker):
             raise TopicNotFound(topic)
         # Local subscribers get the event from the channel, in seq order with everyone else;
         # a repeated idempotency key returns the first publish's entry and sends nothing.
-        return scripts.read_entry(topic, entry, self._unpack)
+        return scripts.read_entry(topic, entry)
 
     @unavailable
     def subscribe(
@@ -170,10 +165,12 @@ class RedisBroker(Broker):
         self._listener.listen_to(topic)
         with self._lock:
             added = self._fanout.add(topic, subscriber)
+            if added:
+                self._counts.changed(topic, +1)
         if not added:
             seq, current_epoch, _ = self._snapshot(topic, 0)
             return Subscription([], seq, current_epoch, since_seq is not None)
-        self._counts.count(topic, +1)
+        self._counts.flush()
         # Registered first, snapshot second: nothing published in between is missed, and
         # what the channel brings late at or below the snapshot's seq is skipped (floor).
         # The ring never holds more than ring_size: a larger last_n asks for all of it.
@@ -183,9 +180,9 @@ class RedisBroker(Broker):
         except Exception:
             # Not subscribed after all: a retry must find no half-made subscription.
             with self._lock:
-                removed = self._fanout.remove(topic, subscriber)
-            if removed:
-                self._counts.count(topic, -1)
+                if self._fanout.remove(topic, subscriber):
+                    self._counts.changed(topic, -1)
+            self._counts.flush()
             raise
         with self._lock:
             self._fanout.set_floor(topic, subscriber, seq)
@@ -213,7 +210,7 @@ class RedisBroker(Broker):
         pipe.hget(self._keys.topics, topic)
         pipe.lrange(self._keys.of("ring", topic), -depth, -1)
         seq, epoch, entries = pipe.execute()
-        ring = [scripts.read_entry(topic, e, self._unpack) for e in entries] if depth else []
+        ring = [scripts.read_entry(topic, e) for e in entries] if depth else []
         return int(seq or 0), (epoch or b"").decode(), ring
 
     @unavailable
@@ -221,9 +218,9 @@ class RedisBroker(Broker):
         if not self._redis.hexists(self._keys.topics, topic):
             raise TopicNotFound(topic)
         with self._lock:
-            removed = self._fanout.remove(topic, subscriber)
-        if removed:
-            self._counts.count(topic, -1)
+            if self._fanout.remove(topic, subscriber):
+                self._counts.changed(topic, -1)
+        self._counts.flush()
 
     def following(self, subscriber: Subscriber) -> frozenset[str]:
         with self._lock:
@@ -231,9 +228,9 @@ class RedisBroker(Broker):
 
     def unsubscribe_all(self, subscriber: Subscriber) -> None:
         with self._lock:
-            topics = self._fanout.remove_all(subscriber)
-        for topic in topics:
-            self._counts.count(topic, -1)
+            for topic in self._fanout.remove_all(subscriber):
+                self._counts.changed(topic, -1)
+        self._counts.flush()
 
     @unavailable
     def subscriber_count(self) -> int:

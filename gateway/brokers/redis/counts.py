@@ -43,8 +43,12 @@ class ClusterCounts:
         self._fanout = fanout
         self._stopping = stopping
         self._claim_script = client.register_script(CLAIM)
-        # Set when an increment of this worker's counts in Redis may have been lost.
-        self._stale = True
+        # Set when an increment of this worker's counts in Redis may have been lost; the next
+        # heartbeat then rewrites them. A new worker id starts with no counts in Redis.
+        self._stale = False
+        # Subscriber count changes not yet sent to Redis, recorded under `_lock` with the
+        # fan-out change itself: each is either in a rewrite's snapshot or sent after it.
+        self._pending: dict[str, int] = {}
         self._connections: dict[str, int] = {}  # open connections per user, this worker
         # Orders claims, releases and the heartbeat's rewrite of this worker's connection
         # counts in Redis. Unlike `_lock`, it is held across a Redis call: it only ever
@@ -57,18 +61,39 @@ class ClusterCounts:
 
     # Subscribers -------------------------------------------------------------------------------
 
-    def count(self, topic: str, delta: int) -> None:
-        """Move this worker's subscriber count of `topic` by `delta`."""
-        # If this fails, the next heartbeat rewrites the whole map from the local truth.
-        try:
-            self._redis.hincrby(self._keys.of("subs", self._worker), topic, delta)
-        except redis.RedisError as exc:
-            self._stale = True
-            log.warning("redis_count_failed topic=%s error=%s", topic, exc)
+    def changed(self, topic: str, delta: int) -> None:
+        """Record a change of `topic`'s local subscribers; the caller holds the broker's lock.
+
+        `flush` sends it, after the lock is released.
+        """
+        self._pending[topic] = self._pending.get(topic, 0) + delta
+
+    def flush(self) -> None:
+        """Send the recorded changes to Redis (HINCRBY), in order with the heartbeat's rewrite."""
+        if not self._pending:
+            return
+        with self._conns_lock:
+            with self._lock:
+                pending, self._pending = self._pending, {}
+            pending = {topic: delta for topic, delta in pending.items() if delta}
+            if not pending:
+                return
+            # If this fails, the next heartbeat rewrites the whole map from the local truth.
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                for topic, delta in pending.items():
+                    pipe.hincrby(self._keys.of("subs", self._worker), topic, delta)
+                pipe.execute()
+            except redis.RedisError as exc:
+                self._stale = True
+                log.warning("redis_count_failed topics=%d error=%s", len(pending), exc)
 
     def forget_topic(self, topic: str) -> None:
-        """Drop this worker's count of a deleted topic."""
-        self._redis.hdel(self._keys.of("subs", self._worker), topic)
+        """Drop this worker's count of a deleted topic (and its changes not yet sent)."""
+        with self._conns_lock:
+            with self._lock:
+                self._pending.pop(topic, None)
+            self._redis.hdel(self._keys.of("subs", self._worker), topic)
 
     def alive_workers(self) -> set[str]:
         """Return the workers whose heartbeat is fresh, this one always among them."""
@@ -131,8 +156,9 @@ class ClusterCounts:
         """Say this worker is alive and keep its counts from expiring; forget dead workers.
 
         Counts move by HINCRBY as subscribers come and go; the whole map is rewritten from
-        the local truth only after an increment failed (Redis was away), since a rewrite
-        racing a concurrent increment could count one subscriber twice for a beat.
+        the local truth only after an increment failed (Redis was away). The snapshot and the
+        pending changes are taken together, and increments are sent under the same lock as
+        the rewrite, so no change is lost to the rewrite's DEL or counted twice.
         """
         key = self._keys.of("subs", self._worker)
         conns_key = self._keys.of("conns", self._worker)
@@ -149,6 +175,7 @@ class ClusterCounts:
                         with self._lock:
                             counts = self._fanout.counts()
                             connections = dict(self._connections)
+                            self._pending.clear()  # the snapshot includes them
                         pipe.delete(key, conns_key)
                         if counts:
                             pipe.hset(key, mapping=counts)

@@ -17,7 +17,7 @@ import redis
 from gateway.brokers.contract import BrokerUnavailable, Encoder, Event, run_sends
 from gateway.brokers.fanout import Fanout
 from gateway.brokers.redis.counts import ClusterCounts
-from gateway.brokers.redis.scripts import DELETED, Keys, Unpacker, read_entry
+from gateway.brokers.redis.scripts import DELETED, Keys, read_entry
 
 log = logging.getLogger("gateway.broker")
 
@@ -40,7 +40,6 @@ class Listener:
         fanout: Fanout,
         counts: ClusterCounts,
         encode: Encoder,
-        unpack: Unpacker,
         stopping: threading.Event,
     ) -> None:
         self._redis = client
@@ -49,7 +48,6 @@ class Listener:
         self._fanout = fanout
         self._counts = counts
         self._encode = encode
-        self._unpack = unpack
         self._stopping = stopping
         self._pubsub = client.pubsub()
         self._own_channel = keys.of("worker", worker)
@@ -167,12 +165,12 @@ class Listener:
             return  # already delivered (a repair got it first)
         if seq > last + 1:
             self._repair(topic, last, seq)
-        self._dispatch(read_entry(topic, data, self._unpack))
+        self._dispatch(read_entry(topic, data))
 
     def _repair(self, topic: str, last: int, upto: int) -> None:
         """Deliver the ring's events after `last` and before `upto` that the channel lost."""
         entries = self._redis.lrange(self._keys.of("ring", topic), 0, -1)
-        events = [read_entry(topic, e, self._unpack) for e in entries]
+        events = [read_entry(topic, e) for e in entries]
         missing = [e for e in events if last < e.seq < upto]
         lost = (upto - 1 - last) - len(missing)
         if lost:

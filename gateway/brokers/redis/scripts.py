@@ -22,12 +22,9 @@ Keys, under a prefix (default `gw`):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import orjson
 
 from gateway.brokers.contract import Event
-
-Packer = Callable[[str, bytes, float], bytes]
-Unpacker = Callable[[bytes], tuple[str, bytes, float]]
 
 # What a topic's channel carries when the topic is deleted (DELETE publishes it).
 DELETED = b"deleted"
@@ -88,10 +85,31 @@ class Keys:
         ]
 
 
-def read_entry(topic: str, entry: bytes, unpack: Unpacker) -> Event:
+def pack_message(message_id: str, payload: bytes, timestamp: float) -> bytes:
+    """Serialise a published message for the ring and the channel (not a wire frame).
+
+    `[id, timestamp]` as JSON, a newline, then the payload's JSON as it was encoded: a
+    JSON text has no raw newline, and reading it back never parses the payload.
+    """
+    return orjson.dumps([message_id, timestamp]) + b"\n" + payload
+
+
+def unpack_message(data: bytes) -> tuple[str, bytes, float]:
+    """Read back what `pack_message` wrote: (id, payload JSON, timestamp)."""
+    head, newline, payload = data.partition(b"\n")
+    if not newline:
+        # Written before payloads were kept encoded: one JSON object (still in a Redis
+        # that an older gateway filled).
+        message = orjson.loads(data)
+        return message["id"], orjson.dumps(message["payload"]), message["timestamp"]
+    message_id, timestamp = orjson.loads(head)
+    return message_id, payload, timestamp
+
+
+def read_entry(topic: str, entry: bytes) -> Event:
     """Turn a ring or channel entry, "seq:body", back into an Event."""
     seq, body = entry.split(b":", 1)
-    message_id, payload, timestamp = unpack(body)
+    message_id, payload, timestamp = unpack_message(body)
     return Event(topic, message_id, payload, int(seq), timestamp)
 
 

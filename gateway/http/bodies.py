@@ -1,15 +1,25 @@
-"""Request helpers shared by the REST blueprints."""
+"""Request helpers shared by the REST blueprints: JSON bodies, JSON replies, topic names."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 from flask import Response, request
 
 from gateway import jsondoc
-from gateway.errors import ApiError
+from gateway.http.errors import ApiError
 from gateway.state import get_settings
+
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def valid_topic_name(name: object) -> str:
+    """Return `name` if it is a valid topic name (docs/rest-api.md), else raise a 400."""
+    if not isinstance(name, str) or not _TOPIC_NAME.fullmatch(name):
+        raise ApiError(400, "topic name must be 1-128 characters of ASCII letters, digits and ._:-")
+    return name
 
 
 def json_body() -> dict[str, Any]:
@@ -28,8 +38,12 @@ def json_body() -> dict[str, Any]:
 
 
 def json_response(body: Any, status: int = 200) -> Response:
-    """Serialise `body` with orjson into a JSON response."""
-    return Response(orjson.dumps(body), status=status, mimetype="application/json")
+    """Serialise `body` with orjson into a JSON response.
+
+    It ends with a newline, as Flask's `jsonify` (every error reply) does, so that curl's
+    output does not run into the shell prompt.
+    """
+    return Response(orjson.dumps(body) + b"\n", status=status, mimetype="application/json")
 
 
 def string_field(body: dict[str, Any], name: str) -> str:

@@ -1,10 +1,10 @@
 """A connection's outbound side: one bounded queue, one writer at a time, whole frames.
 
-README "Delivery guarantees and backpressure": events beyond `queue_size` drop the oldest *event* (control frames are never
+docs/delivery.md: events beyond `queue_size` drop the oldest *event* (control frames are never
 dropped); the next event of a topic that lost events is preceded by one `info`/`dropped`
 notice; a socket that accepts no bytes for `write_timeout` seconds is a slow consumer and
 is closed with 4008. Only the outbox writes to the socket after the handshake, and always
-whole frames (README "Decisions and limits": simple-websocket's own `send` ignores partial writes).
+whole frames (docs/decisions.md: simple-websocket's own `send` ignores partial writes).
 
 How bytes go out. Frames are queued and flushed with non-blocking sends, with no greenlet
 switch per delivery. Under gevent the first frame queued in an event-loop tick is flushed
@@ -27,8 +27,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from gateway import protocol, wsframes
-from gateway.wire import Sender
+from gateway import protocol
+from gateway.transport import wsframes
+from gateway.transport.delivery import Losses
+from gateway.transport.sockets import Sender
 
 log = logging.getLogger("gateway.ws")
 
@@ -70,15 +72,14 @@ class Outbox:
         # (topic, seq, frame) for events; (None, 0, frame) for control frames.
         self._frames: deque[tuple[str | None, int, bytes]] = deque()
         self._events = 0
-        # Per topic, events dropped since the last notice: [count, first seq, last seq].
-        self._dropped: dict[str, list[int]] = {}
+        # Per topic, events dropped since the last notice.
+        self._losses = Losses()
         self._state = OPEN
         self._close_queued = False
         self._flush_scheduled = False
         self._direct_tick = -1  # the event-loop tick of the last flush done at once
         self._writer = None  # the backlog writer while one runs
         self._peer_closed = False
-        self.last_heard = time.monotonic()
 
     @property
     def is_open(self) -> bool:
@@ -131,11 +132,7 @@ class Outbox:
             if self._close_queued or self._state is CLOSED:
                 return
             if closing:
-                # The last frame: nothing may follow a close frame on the wire.
-                self._frames.append((None, 0, data))
-                self._close_queued = True
-                if self._state is OPEN:
-                    self._state = CLOSING
+                self._queue_last(data)
             elif self._state is OPEN:
                 self._push_control(data)
             else:
@@ -151,10 +148,6 @@ class Outbox:
             self._queue_close(notice, code, reason)
             flush = self._claim_flush()
         self._start_flush(flush)
-
-    def heard(self) -> None:
-        """Record that bytes arrived from the client (any frame, pongs included)."""
-        self.last_heard = time.monotonic()
 
     def peer_closed(self) -> None:
         """Record that the reading side has ended (close reply received or socket gone)."""
@@ -194,17 +187,14 @@ class Outbox:
             send()
 
     def _due(self, flush: object) -> Callable[[], None] | None:
-        """Carry out `_claim_flush`'s decision, or return the flush for the caller to run.
+        """Return the socket write `_claim_flush` decided on, for the caller to run, or None.
 
-        Under gevent the first flush of a tick is done here, even when a broker calls with
-        its lock held: it is one non-blocking `send` that cannot switch greenlets, so no
-        other greenlet can be kept waiting on the lock, and deferring it past the whole
-        fan-out measured +2 ms p50 at 1000 subscribers. Under real threads (the dev server)
-        the flush is returned, for the broker to run after releasing its lock.
+        Nothing here touches the socket: a broker calls with its lock held, and runs the
+        returned writes once it has released it (docs/architecture.md, "The lock rule").
+        A write due at the end of the tick (gevent) is scheduled here instead.
         """
         if flush is _NOW:
-            self._flush()
-            return None
+            return self._flush
         if flush is _SOON:
             return self._sender.soon(self._flush)
         return None
@@ -237,21 +227,21 @@ class Outbox:
     def _queue_close(self, notice: bytes | None, code: int, reason: str) -> None:
         if notice is not None:
             self._frames.append((None, 0, notice))
-        self._frames.append((None, 0, wsframes.close(code, reason)))
+        self._queue_last(wsframes.close(code, reason))
+
+    def _queue_last(self, close_frame: bytes) -> None:
+        """Queue a close frame (ours or the reply to the client's): nothing may follow it."""
+        self._frames.append((None, 0, close_frame))
         self._close_queued = True
-        self._state = CLOSING
+        if self._state is OPEN:
+            self._state = CLOSING
 
     def _drop_oldest_event(self) -> None:
         for index, (topic, seq, _) in enumerate(self._frames):
             if topic is not None:
                 del self._frames[index]
                 self._events -= 1
-                lost = self._dropped.get(topic)
-                if lost is None:
-                    self._dropped[topic] = [1, seq, seq]
-                else:
-                    lost[0] += 1
-                    lost[2] = seq
+                self._losses.record(topic, seq)
                 return
 
     def _take_batch(self) -> bytes:
@@ -263,15 +253,13 @@ class Outbox:
             topic, _, frame = frames.popleft()
             if topic is not None:
                 self._events -= 1
-                lost = self._dropped.pop(topic, None)
-                if lost:
+                if self._losses and (lost := self._losses.take(topic)):
                     batch.append(wsframes.text(protocol.dropped(topic, *lost)))
             batch.append(frame)
             size += len(frame)
-        if not frames and self._dropped and not self._close_queued:
-            for topic, lost in self._dropped.items():
+        if not frames and self._losses and not self._close_queued:
+            for topic, *lost in self._losses.take_all():
                 batch.append(wsframes.text(protocol.dropped(topic, *lost)))
-            self._dropped.clear()
         return batch[0] if len(batch) == 1 else b"".join(batch)
 
     def _drained(self) -> None:

@@ -22,13 +22,14 @@ from wsproto.connection import Connection as WsConnection
 
 from gateway.brokers import Broker
 from gateway.config import Settings
-from gateway.hub import Hub
-from gateway.outbox import Outbox
-from gateway.reader import RECV_BYTES, FrameReader, read_frames
-from gateway.session import Session
+from gateway.transport import libraries
+from gateway.transport.outbox import Outbox
+from gateway.transport.reader import RECV_BYTES, FrameReader, read_frames
+from gateway.transport.registry import Registry
+from gateway.transport.session import Session
 
 if TYPE_CHECKING:
-    from gateway.policy import Claim
+    from gateway.guards.admission import Claim
 
 log = logging.getLogger("gateway.ws")
 
@@ -42,7 +43,7 @@ class Connection:
         "outbox",
         "session",
         "reader",
-        "_hub",
+        "_registry",
         "_finish_timeout",
         "_started",
         "_watcher",
@@ -56,7 +57,7 @@ class Connection:
         user_id: str,
         settings: Settings,
         broker: Broker,
-        hub: Hub,
+        registry: Registry,
     ) -> None:
         self.conn_id = uuid.uuid4().hex[:12]
         self.sock = sock
@@ -75,16 +76,16 @@ class Connection:
         self.reader = FrameReader(
             protocol, self.outbox, self.session.handle, settings.max_message_bytes
         )
-        self._hub = hub
+        self._registry = registry
         self._finish_timeout = settings.write_timeout_seconds + 1
         self._started = time.monotonic()
         self._watcher = None
-        # The user's count in MAX_CONNECTIONS_PER_USER (gateway.policy), released at the end.
+        # The user's count in MAX_CONNECTIONS_PER_USER (gateway.guards.admission), released at the end.
         self.claim: Claim | None = None
 
     def open(self, peer: str | None) -> None:
-        """Register the session with the hub (heartbeats, shutdown)."""
-        self._hub.add(self.session)
+        """Register with the registry (heartbeats, shutdown)."""
+        self._registry.add(self)
         log.info("ws_connect conn=%s user=%s peer=%s", self.conn_id, self.session.user_id, peer)
 
     def serve(self) -> None:
@@ -96,6 +97,25 @@ class Connection:
             log.exception("ws_error conn=%s", self.conn_id)
         finally:
             self._end(code)
+
+    # What the registry calls (gateway.transport.registry.Live) ----------------------------
+
+    @property
+    def last_heard(self) -> float:
+        """When the client last sent bytes (time.monotonic)."""
+        return self.reader.last_heard
+
+    def beat(self, frame: bytes) -> None:
+        """Queue the heartbeat frame."""
+        self.outbox.push(frame)
+
+    def end(self, code: int, reason: str, notice: bytes | None = None) -> None:
+        """Close after what is queued (and `notice`)."""
+        self.outbox.close(code, reason, notice)
+
+    def abort(self) -> None:
+        """Cut the connection now."""
+        self.outbox.abort()
 
     # Parked: driven by the gevent event loop ---------------------------------------------
 
@@ -124,7 +144,7 @@ class Connection:
         """Serve what the client has sent, then wait for the event loop again (or end)."""
         import gevent
 
-        raw = self.sock._sock  # the non-blocking socket inside gevent's wrapper
+        raw = libraries.raw_socket(self.sock)
         code = None
         try:
             while True:
@@ -165,7 +185,7 @@ class Connection:
     def _end(self, code: int | None, close_socket: bool = False) -> None:
         """Unsubscribe, flush and close the outbox (and the socket if ours), forget the session.
 
-        The hub forgets the session last, so that a graceful shutdown waits for the socket
+        The registry forgets the connection last, so that a graceful shutdown waits for the socket
         to be closed, not just for the goodbye to be queued.
         """
         try:
@@ -176,7 +196,7 @@ class Connection:
                 self.claim.release()
             if close_socket:
                 self.sock.close()
-            self._hub.remove(self.session)
+            self._registry.remove(self)
             log.info(
                 "ws_disconnect conn=%s code=%s seconds=%.1f",
                 self.conn_id,

@@ -1,7 +1,7 @@
 """One WebSocket client's session: its commands, its subscriptions and its outbox.
 
 A Session is the broker's Subscriber for that connection. It turns decoded commands into
-broker calls and replies, and keeps README "Delivery guarantees and backpressure"'s promises at the edges of a subscription:
+broker calls and replies, and keeps docs/delivery.md's promises at the edges of a subscription:
 the `ack` comes before the replay, the replay before live events, and no event of a topic
 arrives after its `unsubscribe` ack.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from gateway import protocol, wsframes
+from gateway import protocol
 from gateway.brokers import (
     Broker,
     BrokerUnavailable,
@@ -21,9 +21,11 @@ from gateway.brokers import (
     TopicNotFound,
 )
 from gateway.config import Rate
-from gateway.outbox import Outbox
+from gateway.guards.rates import TokenBucket
 from gateway.protocol import ProtocolError
-from gateway.ratelimit import TokenBucket
+from gateway.transport import wsframes
+from gateway.transport.delivery import Holding
+from gateway.transport.outbox import Outbox
 
 log = logging.getLogger("gateway.ws")
 
@@ -42,7 +44,7 @@ class Session:
         "_publish_rate",
         "_bucket",
         "_lock",
-        "_held",
+        "_holding",
         "__weakref__",
     )
 
@@ -68,17 +70,15 @@ class Session:
         self._lock = threading.Lock()
         # Topics whose subscribe is in flight: live events wait here until the ack and the
         # replay are queued, so that they follow the replay with no gap and no duplicate.
-        self._held: dict[str, list[Event]] = {}
+        self._holding = Holding()
 
     # Subscriber (called by the broker, under its lock: must not block) -----------------
 
     def deliver(self, event: Event) -> Send:
         """Queue one live event for this connection; return the socket write due now."""
-        if self._held:
+        if self._holding:
             with self._lock:
-                held = self._held.get(event.topic)
-                if held is not None:
-                    held.append(event)
+                if self._holding.hold(event):
                     return None
         return self.outbox.queue_event(event.topic, event.seq, event.wire)
 
@@ -163,28 +163,28 @@ class Session:
                 command.request_id,
             )
         with self._lock:
-            self._held[topic] = []
+            self._holding.begin(topic)
         try:
             subscription = self._broker.subscribe(
                 topic, self, command.last_n, command.since_seq, command.epoch
             )
         except BaseException as exc:
             with self._lock:
-                del self._held[topic]
+                self._holding.cancel(topic)
             if isinstance(exc, TopicNotFound):
                 raise _not_found(topic, command.request_id) from None
             raise
+        outbox = self.outbox
         with self._lock:
-            held = self._held[topic]
             self._reply(_subscribe_ack(command, subscription))
             for event in subscription.replay:
                 # Replayed events keep their timestamp and seq; `ts` is the time of sending.
-                self.outbox.push_event(topic, event.seq, wsframes.text(protocol.event(event)))
-            for event in held:
-                if event.seq > subscription.seq:
-                    self.outbox.push_event(topic, event.seq, event.wire)
-            # Removed last: `deliver` reads `_held` without the lock when it looks empty.
-            del self._held[topic]
+                outbox.push_event(topic, event.seq, wsframes.text(protocol.event(event)))
+            self._holding.release(
+                topic,
+                subscription.seq,
+                lambda event: outbox.push_event(topic, event.seq, event.wire),
+            )
         log.debug(
             "ws_subscribed conn=%s topic=%s last_n=%d replayed=%d client_id=%s",
             self.conn_id,

@@ -7,8 +7,8 @@ import sqlite3
 import threading
 import time
 
-from gateway.offload import CpuPool
-from gateway.users import User, UsernameTaken, UserStore
+from gateway.accounts.offload import CpuPool
+from gateway.accounts.store import User, UsernameTaken, UserStore
 
 # How long a store waits for other processes setting up the same file.
 _SETUP_SECONDS = 15.0

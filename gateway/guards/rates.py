@@ -1,4 +1,4 @@
-"""Rate limits (README "Limits"): logins and HTTP publishes, and the WebSocket's token bucket.
+"""Rate limits (docs/configuration.md "Limits"): logins and HTTP publishes, and the WebSocket's token bucket.
 
 Logins and registrations are limited per client IP and, separately, per username; HTTP
 publishes per user. Flask-Limiter keeps the counters: in this process with
@@ -31,7 +31,7 @@ from flask_limiter import Limiter, RateLimitExceeded, RequestLimit
 from werkzeug.exceptions import HTTPException
 
 from gateway.config import Rate, Settings
-from gateway.errors import error_response
+from gateway.http.errors import error_response
 from gateway.protocol import RATE_LIMITED
 
 log = logging.getLogger("gateway.http")
@@ -247,9 +247,7 @@ def _seconds_left(limit: RequestLimit, rate: Rate) -> int:
 
 
 def _too_many(message: str, retry_after: int) -> Response:
-    response = error_response(429, message, RATE_LIMITED)
-    response.headers["Retry-After"] = str(retry_after)
-    return response
+    return error_response(429, message, RATE_LIMITED, retry_after)
 
 
 def _rate_limited(exc: RateLimitExceeded) -> Response:

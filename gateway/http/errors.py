@@ -30,11 +30,15 @@ class ApiError(Exception):
         self.retry_after = retry_after  # seconds, sent as Retry-After
 
 
-def error_response(status: int, message: str, code: str | None = None):
+def error_response(
+    status: int, message: str, code: str | None = None, retry_after: int | None = None
+):
     """Build the JSON error response; the request log line reports the message."""
     g.error = message
     response = jsonify(error=message, code=code) if code else jsonify(error=message)
     response.status_code = status
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)  # seconds
     return response
 
 
@@ -43,10 +47,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError):
-        response = error_response(exc.status, exc.message, exc.code)
-        if exc.retry_after is not None:
-            response.headers["Retry-After"] = str(exc.retry_after)
-        return response
+        return error_response(exc.status, exc.message, exc.code, exc.retry_after)
 
     @app.errorhandler(LimitExceeded)
     def limit_exceeded(exc: LimitExceeded):

@@ -1,7 +1,7 @@
-"""User accounts (README "REST API"): validation, password hashing and the store contract.
+"""User accounts (docs/rest-api.md): validation, password hashing and the store contract.
 
-Implementations sit beside this module: `users_sqlite.SqliteUserStore` (the default) and
-`users_postgres.PostgresUserStore` (for `DATABASE_URL=postgresql://...`, shared by every
+Implementations sit beside this module: `sqlite.SqliteUserStore` (the default) and
+`postgres.PostgresUserStore` (for `DATABASE_URL=postgresql://...`, shared by every
 worker and host). The blueprints only ever see `UserStore`.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from gateway.offload import CpuPool
+from gateway.accounts.offload import CpuPool
 
 _USERNAME = re.compile(r"[A-Za-z0-9_.\-@]{1,64}")
 

@@ -2,11 +2,11 @@
 
 simple-websocket (under flask-sock) does the handshake; after that our code, not a reader
 thread of the library's, reads the socket through the same wsproto connection, and
-enforces the message limit in bytes, as README "WebSocket protocol" counts it (the library counts
+enforces the message limit in bytes, as docs/protocol.md counts it (the library counts
 characters). Every reply, pongs and close replies included, goes through the outbox.
 
 `FrameReader` only parses: who reads the socket is the connection's business
-(gateway.connection): a blocking loop in the handler's thread, or the gevent event loop
+(gateway.transport.connection): a blocking loop in the handler's thread, or the gevent event loop
 waking the connection when bytes arrive.
 """
 
@@ -16,31 +16,37 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from wsproto.connection import Connection
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from wsproto.utilities import LocalProtocolError
 
-from gateway.outbox import Outbox
-
 log = logging.getLogger("gateway.ws")
 
 RECV_BYTES = 16384
 # Frames one message may be split into: empty continuation frames cost the reader a list
-# entry each while counting 0 bytes against the size limit (README "Limits").
+# entry each while counting 0 bytes against the size limit (docs/configuration.md "Limits").
 MAX_FRAGMENTS = 1024
 
 
-class NoReaderThread:
-    """Stands in for simple-websocket's reader thread (SOCK_SERVER_OPTIONS thread_class)."""
+class Replies(Protocol):
+    """The outbound side as the reader needs it (gateway.transport.outbox.Outbox is one)."""
 
-    name = "gateway-reader"
+    conn_id: str
 
-    def __init__(self, target=None, **kwargs) -> None:
-        pass
+    @property
+    def is_open(self) -> bool:
+        """Whether the connection still accepts frames (not closing)."""
 
-    def start(self) -> None:
-        """Start nothing: the connection reads its socket itself (gateway.connection)."""
+    def close(self, code: int, reason: str) -> None:
+        """Queue a close frame behind what is queued."""
+
+    def push_raw(self, data: bytes, closing: bool = False) -> None:
+        """Queue bytes the protocol wrote (a pong, the close reply)."""
+
+    def peer_closed(self) -> None:
+        """Record that the client's side has ended."""
 
 
 class FrameReader:
@@ -51,12 +57,21 @@ class FrameReader:
     discarded until the client's close frame.
     """
 
-    __slots__ = ("_protocol", "_outbox", "_handle", "_limit", "_parts", "_size", "close_code")
+    __slots__ = (
+        "_protocol",
+        "_outbox",
+        "_handle",
+        "_limit",
+        "_parts",
+        "_size",
+        "close_code",
+        "last_heard",
+    )
 
     def __init__(
         self,
         protocol: Connection,
-        outbox: Outbox,
+        outbox: Replies,
         handle: Callable[[str | bytes], None],
         limit: int,
     ) -> None:
@@ -68,11 +83,14 @@ class FrameReader:
         self._size = 0
         # The code of the client's close frame, once one has arrived.
         self.close_code: int | None = None
+        # When the client last sent bytes (any frame, pongs included): the heartbeat's
+        # liveness check (gateway.transport.registry).
+        self.last_heard = time.monotonic()
 
     def feed(self, data: bytes) -> bool:
         """Serve the messages completed by `data`; return True once the client has closed."""
         outbox = self._outbox
-        outbox.heard()
+        self.last_heard = time.monotonic()
         self._protocol.receive_data(data)
         for event in self._protocol.events():
             if isinstance(event, TextMessage | BytesMessage):

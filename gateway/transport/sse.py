@@ -1,4 +1,4 @@
-"""Server-sent events: one HTTP response that streams one topic's events (README "Messages over HTTP and server-sent events").
+"""Server-sent events: one HTTP response that streams one topic's events (docs/rest-api.md "Messages over HTTP and server-sent events").
 
 An SseStream is the broker's Subscriber for one `GET /topics/<name>/events`. The broker
 calls it under its lock, so delivering is an append to the stream's own bounded queue and a
@@ -31,7 +31,9 @@ import orjson
 
 from gateway import protocol
 from gateway.brokers import Broker, Event, Subscription
-from gateway.wire import is_gevent_socket
+from gateway.transport import libraries
+from gateway.transport.delivery import Holding, Losses
+from gateway.transport.sockets import is_gevent_socket
 
 log = logging.getLogger("gateway.sse")
 
@@ -78,10 +80,8 @@ class SseStream:
         self._wake = threading.Event()
         self._queue: deque[Event] = deque()
         # While `subscribe` runs, live events wait here (as in Session) to follow the replay.
-        self._held: list[Event] | None = None
-        self._dropped = 0
-        self._dropped_from = 0
-        self._dropped_to = 0
+        self._holding = Holding()
+        self._losses = Losses()
         self._end: str | None = None
         self._first: bytes = b""
         self._watcher = None
@@ -95,8 +95,7 @@ class SseStream:
         with self._lock:
             if self._end is not None:
                 return
-            if self._held is not None:
-                self._held.append(event)
+            if self._holding.hold(event):
                 return
             self._enqueue(event)
         self._wake.set()
@@ -117,14 +116,14 @@ class SseStream:
         Raises what the broker raises (TopicNotFound, BrokerUnavailable).
         """
         with self._lock:
-            self._held = []
+            self._holding.begin(self.topic)
         try:
             subscription = self._broker.subscribe(
                 self.topic, self, since_seq=since_seq, epoch=epoch
             )
         except BaseException:
             with self._lock:
-                self._held = None
+                self._holding.cancel(self.topic)
             raise
         body = {
             "topic": self.topic,
@@ -140,10 +139,7 @@ class SseStream:
         # and live events that pile up behind it must not push it out.
         self._first = first + b"".join(encode_message(event) for event in subscription.replay)
         with self._lock:
-            for event in self._held:
-                if event.seq > subscription.seq:
-                    self._enqueue(event)
-            self._held = None
+            self._holding.release(self.topic, subscription.seq, self._enqueue)
         self._wake.set()
         self._watch_peer()
         log.info(
@@ -225,11 +221,7 @@ class SseStream:
     def _enqueue(self, event: Event) -> None:
         """Append under the lock; a full queue loses its oldest event, counted for the notice."""
         if len(self._queue) >= self._queue_size:
-            lost = self._queue.popleft()
-            if not self._dropped:
-                self._dropped_from = lost.seq
-            self._dropped += 1
-            self._dropped_to = lost.seq
+            self._losses.record(self.topic, self._queue.popleft().seq)
         self._queue.append(event)
 
     def _finish(self, reason: str) -> None:
@@ -244,11 +236,10 @@ class SseStream:
             self._wake.clear()
             events = list(self._queue)
             self._queue.clear()
-            dropped = self._dropped, self._dropped_from, self._dropped_to
-            self._dropped = 0
+            dropped = self._losses.take(self.topic)
             end = self._end
         parts = []
-        if dropped[0]:
+        if dropped is not None:
             notice = dict(zip(("count", "from_seq", "to_seq"), dropped, strict=True))
             parts.append(encode("dropped", {"topic": self.topic, **notice}))
         parts.extend(encode_message(event) for event in events)
@@ -276,7 +267,7 @@ class SseStream:
         """Tell, without blocking, whether the client has closed or reset the connection."""
         if self._sock is None:
             return False
-        raw = getattr(self._sock, "_sock", self._sock)  # gevent's wrapper: its real socket
+        raw = libraries.raw_socket(self._sock)
         try:
             readable, _, _ = select.select([raw], [], [], 0)
             if not readable:

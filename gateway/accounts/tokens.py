@@ -1,4 +1,4 @@
-"""JWT set-up (README "REST API"): HS256 only, 401 JSON errors, and token checks for the WebSocket."""
+"""JWT set-up (docs/rest-api.md): HS256 only, 401 JSON errors, and token checks for the WebSocket."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from flask_jwt_extended import JWTManager, create_access_token, decode_token
 from flask_jwt_extended.exceptions import JWTExtendedException
 
 from gateway.config import Settings
-from gateway.errors import error_response
+from gateway.http.errors import error_response
 
 
 class AuthError(Exception):
@@ -42,7 +42,7 @@ def init_jwt(app: Flask, settings: Settings) -> None:
     manager.token_verification_failed_loader(lambda header, payload: unauthorized("invalid token"))
     manager.user_lookup_error_loader(lambda header, payload: unauthorized("unknown user"))
     # PyJWT checks `exp` only when a token has one, and flask-jwt-extended cannot ask it to
-    # require claims: a token that never expires is refused here (README, REST API).
+    # require claims: a token that never expires is refused here (docs/rest-api.md).
     manager.token_verification_loader(lambda header, payload: has_required_claims(payload))
 
 

@@ -1,4 +1,4 @@
-"""PostgresUserStore: accounts in PostgreSQL, shared by every worker and host (README "Scale-out with Redis")."""
+"""PostgresUserStore: accounts in PostgreSQL, shared by every worker and host (docs/operations.md "Scale-out with Redis")."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 import weakref
 from datetime import UTC, datetime
 
-from gateway.offload import CpuPool
-from gateway.users import User, UsernameTaken, UserStore
+from gateway.accounts.offload import CpuPool
+from gateway.accounts.store import User, UsernameTaken, UserStore
 
 try:
     import psycopg

@@ -1,15 +1,19 @@
-"""The live WebSocket sessions and SSE streams of one app: heartbeats, graceful shutdown."""
+"""The open WebSocket connections and SSE streams of one worker: capacity, heartbeats, shutdown.
+
+The registry knows connections only through the two small protocols below, which
+gateway.transport.connection.Connection and gateway.transport.sse.SseStream implement.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from typing import Protocol
 
-from gateway import protocol, wsframes
-from gateway.session import Session
-from gateway.sse import SseStream
+from gateway import protocol
 from gateway.supervisor import Loop
+from gateway.transport import wsframes
 
 log = logging.getLogger("gateway.ws")
 
@@ -17,28 +21,59 @@ log = logging.getLogger("gateway.ws")
 _BEAT_SLICE = 100
 
 
-class Hub:
+class Live(Protocol):
+    """An open WebSocket connection, as the registry sees it."""
+
+    conn_id: str
+
+    @property
+    def last_heard(self) -> float:
+        """When the client last sent bytes (time.monotonic)."""
+
+    def beat(self, frame: bytes) -> None:
+        """Queue the heartbeat frame."""
+
+    def end(self, code: int, reason: str, notice: bytes | None = None) -> None:
+        """Queue `notice` and a close frame behind what is queued; close once flushed."""
+
+    def abort(self) -> None:
+        """Cut the connection now, unflushed."""
+
+
+class Stream(Protocol):
+    """An open SSE stream, as the registry sees it (it beats by itself)."""
+
+    def shutdown(self) -> None:
+        """End the stream after what is queued, with `event: shutdown`."""
+
+    def abort(self) -> None:
+        """Cut the stream now."""
+
+
+class Registry:
     """Registry of open sessions and SSE streams; sends session heartbeats, drains on shutdown.
 
     SSE streams beat by themselves (their generator waits with the interval as timeout);
-    the hub only needs them to end them on shutdown.
+    the registry only needs them to end them on shutdown.
     """
 
-    def __init__(self, heartbeat_interval: int, shutdown_grace: float) -> None:
+    def __init__(
+        self, heartbeat_interval: int, shutdown_grace: float, capacity: int | None = None
+    ) -> None:
         self._heartbeat_interval = heartbeat_interval
         self._shutdown_grace = shutdown_grace
         self._lock = threading.Lock()
-        self._sessions: set[Session] = set()
-        self._streams: set[SseStream] = set()
+        self._sessions: set[Live] = set()
+        self._streams: set[Stream] = set()
         self._stopping = threading.Event()
         self._heartbeat: Loop | None = None
         self.shutting_down = False
-        # Most WebSockets and SSE streams at once; None is no limit of ours. Under gunicorn
-        # it is worker_connections (gunicorn.conf.py): a WebSocket leaves gunicorn's pool
-        # once upgraded (gateway.connection), so gunicorn's own cap no longer counts it.
-        self.capacity: int | None = None
+        # Most WebSockets and SSE streams at once (MAX_CONNECTIONS_PER_WORKER); None is no
+        # limit. A WebSocket leaves gunicorn's pool once upgraded (gateway.transport.connection),
+        # so gunicorn's own cap no longer counts it: this one does.
+        self.capacity = capacity
 
-    def add(self, session: Session) -> None:
+    def add(self, session: Live) -> None:
         """Register an open session (the first one starts the heartbeat).
 
         One that was accepted just as shutdown began is said goodbye to at once.
@@ -46,17 +81,17 @@ class Hub:
         with self._lock:
             self._sessions.add(session)
             if self.shutting_down:
-                session.outbox.close(1001, "server shutdown", wsframes.text(protocol.shutdown()))
+                session.end(1001, "server shutdown", wsframes.text(protocol.shutdown()))
                 return
             if self._heartbeat is None and self._heartbeat_interval > 0:
                 self._heartbeat = Loop("heartbeat", self._beat, self._stopping).start()
 
-    def remove(self, session: Session) -> None:
+    def remove(self, session: Live) -> None:
         """Forget a session whose socket has closed."""
         with self._lock:
             self._sessions.discard(session)
 
-    def add_stream(self, stream: SseStream) -> None:
+    def add_stream(self, stream: Stream) -> None:
         """Register an open SSE stream; one opened during shutdown is ended at once."""
         with self._lock:
             if not self.shutting_down:
@@ -64,7 +99,7 @@ class Hub:
                 return
         stream.shutdown()
 
-    def remove_stream(self, stream: SseStream) -> None:
+    def remove_stream(self, stream: Stream) -> None:
         """Forget an SSE stream that has ended."""
         with self._lock:
             self._streams.discard(stream)
@@ -90,7 +125,7 @@ class Hub:
             found["heartbeat"] = "the heartbeat loop stopped and is being restarted"
         return found
 
-    def _snapshot(self) -> list[Session]:
+    def _snapshot(self) -> list[Live]:
         with self._lock:
             return list(self._sessions)
 
@@ -98,7 +133,7 @@ class Hub:
         """Every interval: `info`/`ping` plus a WebSocket ping to all; close the silent ones.
 
         A live client answers each WebSocket ping with a pong, so one that has sent nothing
-        for two intervals is gone (README "Delivery guarantees and backpressure") and is closed with 1008.
+        for two intervals is gone (docs/delivery.md) and is closed with 1008.
         """
         interval = self._heartbeat_interval
         while not self._stopping.wait(interval):
@@ -107,11 +142,11 @@ class Hub:
             silent_since = time.monotonic() - 2 * interval
             for index, session in enumerate(self._snapshot(), 1):
                 try:
-                    if session.outbox.last_heard < silent_since:
+                    if session.last_heard < silent_since:
                         log.info("ws_ping_timeout conn=%s", session.conn_id)
-                        session.outbox.close(1008, "ping timeout")
+                        session.end(1008, "ping timeout")
                     else:
-                        session.outbox.push(frame)
+                        session.beat(frame)
                 except Exception:
                     # One connection's fault must not stop everyone's heartbeat.
                     log.exception("heartbeat_failed conn=%s", session.conn_id)
@@ -122,7 +157,7 @@ class Hub:
                     time.sleep(0.001)
 
     def shutdown(self) -> None:
-        """Flush and end every session and stream (README "Delivery guarantees and backpressure"); return when all are gone or grace ends."""
+        """Flush and end every session and stream (docs/delivery.md); return when all are gone or grace ends."""
         if self.shutting_down:
             return
         self.shutting_down = True
@@ -139,7 +174,7 @@ class Hub:
         notice = wsframes.text(protocol.shutdown())
         for session in sessions:
             # Queued events go out first: the notice and the close frame join the queue's tail.
-            session.outbox.close(1001, "server shutdown", notice)
+            session.end(1001, "server shutdown", notice)
         for stream in streams:
             stream.shutdown()  # likewise: queued events, then `event: shutdown`
         deadline = time.monotonic() + self._shutdown_grace
@@ -147,7 +182,7 @@ class Hub:
             time.sleep(0.05)
         left = self._snapshot()
         for session in left:
-            session.outbox.abort()
+            session.abort()
         with self._lock:
             left_streams = list(self._streams)
         for stream in left_streams:

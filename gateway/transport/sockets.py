@@ -16,10 +16,10 @@ import socket
 import threading
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from gateway.outbox import Outbox
+from gateway.transport import libraries
 
-_SOCKET_KEYS = ("werkzeug.socket", "gunicorn.socket")
+if TYPE_CHECKING:
+    from gateway.transport.outbox import Outbox
 
 
 class WireSocket:
@@ -32,12 +32,7 @@ class WireSocket:
     @classmethod
     def install(cls, environ: dict) -> WireSocket | None:
         """Replace the server's raw socket in `environ` with a WireSocket around it."""
-        for key in _SOCKET_KEYS:
-            if key in environ:
-                wire = cls(environ[key])
-                environ[key] = wire
-                return wire
-        return None
+        return libraries.replace_client_socket(environ, cls)
 
     def attach(self, outbox: Outbox) -> None:
         """Send every later write through `outbox`."""
@@ -84,15 +79,17 @@ class Sender:
 
     def __init__(self, sock) -> None:
         self._sock = sock
-        inner = getattr(sock, "_sock", None) if is_gevent_socket(sock) else None
-        if inner is not None:
+        if is_gevent_socket(sock):
+            inner = libraries.raw_socket(sock)
             import gevent
 
             self._raw, self._flags = inner, 0
             self._loop = gevent.get_hub().loop
+            self._iteration = libraries.loop_iteration(self._loop)
         else:
             self._raw, self._flags = sock, socket.MSG_DONTWAIT
             self._loop = None
+            self._iteration = libraries.loop_iteration(None)
 
     def lock(self):
         """Return the lock an outbox on this socket needs: a real one only for real threads."""
@@ -120,9 +117,8 @@ class Sender:
 
     def tick(self) -> int | None:
         """Return the event loop's iteration count (gevent), or None (threads)."""
-        # libev counts its loop's iterations; gevent's libuv loop reports -1 (and another
-        # loop may have no count): then every flush waits for the end of the tick.
-        iteration = getattr(self._loop, "iteration", -1)
+        # -1: this loop keeps no count, so every flush waits for the end of the tick.
+        iteration = self._iteration()
         return iteration if iteration >= 0 else None
 
     def soon(self, func):

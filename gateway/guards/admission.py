@@ -1,4 +1,4 @@
-"""Who may open what: the connection limits every path applies (README "Limits").
+"""Who may open what: the connection limits every path applies (docs/configuration.md "Limits").
 
 Checked where the input enters, before any state is spent: a WebSocket upgrade or an SSE
 request is refused with an HTTP status before it becomes a connection.
@@ -11,8 +11,8 @@ import logging
 from flask import Flask, g
 
 from gateway.brokers import Broker, LimitExceeded
-from gateway.errors import ApiError
-from gateway.state import get_broker, get_hub, get_settings
+from gateway.http.errors import ApiError
+from gateway.state import get_broker, get_registry, get_settings
 
 log = logging.getLogger("gateway.http")
 
@@ -49,9 +49,11 @@ def admit_connection(user_id: str, transport: str) -> None:
     then holds a Claim: the connection takes it over (`take_claim`) once it exists, or the
     request's teardown gives it back.
     """
-    hub = get_hub()
-    if hub.at_capacity():
-        log.warning("%s_rejected status=503 reason=capacity connections=%d", transport, hub.count())
+    registry = get_registry()
+    if registry.at_capacity():
+        log.warning(
+            "%s_rejected status=503 reason=capacity connections=%d", transport, registry.count()
+        )
         raise ApiError(
             503,
             "server is at its connection limit; retry shortly",
