@@ -12,11 +12,11 @@ from flask_jwt_extended import get_jwt_identity, jwt_required
 from gateway import protocol
 from gateway.accounts.tokens import AuthError, token_from, verify
 from gateway.brokers import TopicNotFound
-from gateway.guards import admission
+from gateway.guards import access, admission
 from gateway.guards.rates import publish_limited
 from gateway.http.bodies import json_body, json_response, valid_topic_name
 from gateway.http.errors import ApiError, error_response
-from gateway.state import get_broker, get_registry, get_settings
+from gateway.state import get_broker, get_registry, get_roles, get_settings
 from gateway.transport import libraries
 from gateway.transport.sse import SseStream
 
@@ -45,9 +45,16 @@ def publish(name: str):
     if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
         raise ApiError(400, "Idempotency-Key must be 1-255 visible ASCII characters")
     payload = protocol.encode_payload(body["payload"])  # before a seq is spent: all or nothing
+    user = get_jwt_identity()
     try:
-        event = get_broker().publish(
-            name, message_id, payload, idempotency_key=key, publisher=get_jwt_identity()
+        event = access.run_as(
+            access.PUBLISH,
+            user,
+            name,
+            get_roles(),
+            lambda check: get_broker().publish(
+                name, message_id, payload, idempotency_key=key, publisher=user, check=check
+            ),
         )
     except TopicNotFound:
         raise _not_found(name) from None
@@ -69,10 +76,11 @@ def history(name: str):
     limit = request.args.get("limit", "100")
     if not _SEQ.fullmatch(limit) or not 1 <= int(limit) <= MAX_LIMIT:
         raise ApiError(400, f"limit must be an integer from 1 to {MAX_LIMIT}")
+    broker = get_broker()
     try:
-        found = get_broker().history(
-            name, since_seq or 0, int(limit), request.args.get("epoch") or None
-        )
+        topic_access = broker.access(name)
+        access.require(access.SUBSCRIBE, topic_access, get_jwt_identity(), name, get_roles())
+        found = broker.history(name, since_seq or 0, int(limit), request.args.get("epoch") or None)
     except TopicNotFound:
         raise _not_found(name) from None
     return json_response(
@@ -126,11 +134,19 @@ def events(name: str):
         sock=libraries.client_socket(request.environ),
         on_close=on_close,
         stream_id=g.request_id,
+        user_id=g.user_id,
     )
     registry.add_stream(stream)
     claim = admission.take_claim()
+    epoch = request.args.get("epoch") or None
     try:
-        stream.subscribe(since_seq, request.args.get("epoch") or None)
+        access.run_as(
+            access.SUBSCRIBE,
+            g.user_id,
+            name,
+            get_roles(),
+            lambda check: stream.subscribe(since_seq, epoch, check),
+        )
     except BaseException as exc:
         stream.close("subscribe_failed")
         if isinstance(exc, TopicNotFound):

@@ -22,6 +22,7 @@ def user_json(user: User) -> dict:
         "id": user.id,
         "username": user.username,
         "email": user.email,
+        "role": user.role,
         "created_at": iso(user.created_at),
         "updated_at": iso(user.updated_at),
     }

@@ -12,7 +12,7 @@ from wsproto.utilities import ProtocolError
 from gateway.accounts.tokens import AuthError, token_from, verify
 from gateway.guards import admission
 from gateway.http.errors import error_response
-from gateway.state import get_broker, get_registry, get_settings
+from gateway.state import get_broker, get_registry, get_roles, get_settings
 from gateway.transport import upgrade
 
 bp = Blueprint("ws", __name__)
@@ -73,6 +73,7 @@ def websocket(ws):
         settings=get_settings(),
         broker=get_broker(),
         registry=get_registry(),
+        roles=get_roles(),
         claim=admission.take_claim(),
         remote_addr=request.remote_addr,
     )

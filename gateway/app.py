@@ -15,12 +15,14 @@ from flask import Flask, g, request
 from flask_cors import CORS
 
 from gateway import protocol
+from gateway.accounts import cli as accounts_cli
 from gateway.accounts.sqlite import SqliteUserStore
 from gateway.accounts.store import UserStore
 from gateway.accounts.tokens import init_jwt
 from gateway.brokers import Broker, MemoryBroker, Quotas
 from gateway.config import POSTGRES_SCHEMES, Settings, load_settings
 from gateway.guards import admission
+from gateway.guards.access import Roles
 from gateway.guards.rates import init_rate_limits
 from gateway.http.errors import error_response, register_error_handlers
 from gateway.logs import configure as configure_logging
@@ -50,6 +52,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     if test_config is not None:
         app.config["TESTING"] = True
     init_jwt(app, settings)
+    accounts_cli.init_app(app)  # flask --app wsgi users ...
     # flask-cors matches a preflight's method by substring, so "*" would match nothing:
     # spell out every method instead.
     methods = _EVERY_METHOD if "*" in settings.allowed_methods else settings.allowed_methods
@@ -64,15 +67,17 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     _install_request_log(app)
     _answer_preflights(app)
 
+    user_store = _make_user_store(app, settings)
     state = GatewayState(
         settings=settings,
         broker=_make_broker(settings),
-        users=_make_user_store(app, settings),
+        users=user_store,
         registry=Registry(
             settings.heartbeat_interval,
             settings.shutdown_grace_seconds,
             settings.max_connections_per_worker or None,
         ),
+        roles=Roles(lambda user_id: _role_of(user_store, user_id)),
     )
     app.extensions[EXTENSION] = state
     # The Flask dev server ends on Ctrl-C by returning from serve_forever; draining here
@@ -109,6 +114,11 @@ def _make_broker(settings: Settings) -> Broker:
         encode,
         quotas=quotas,
     )
+
+
+def _role_of(users: UserStore, user_id: str) -> str | None:
+    user = users.get(user_id)
+    return None if user is None else user.role
 
 
 def _make_user_store(app: Flask, settings: Settings) -> UserStore:

@@ -23,6 +23,7 @@ UNAUTHORIZED = "UNAUTHORIZED"
 INTERNAL = "INTERNAL"
 RATE_LIMITED = "RATE_LIMITED"
 LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
+FORBIDDEN = "FORBIDDEN"
 
 
 class ProtocolError(Exception):
@@ -215,6 +216,11 @@ def heartbeat() -> bytes:
 def topic_deleted(topic: str) -> bytes:
     """Encode the `info`/`topic_deleted` notice."""
     return _frame({"type": "info", "topic": topic, "msg": "topic_deleted"})
+
+
+def access_revoked(topic: str) -> bytes:
+    """Encode the `info`/`access_revoked` notice: no more events of `topic` will come."""
+    return _frame({"type": "info", "topic": topic, "msg": "access_revoked"})
 
 
 def dropped(topic: str, count: int, from_seq: int, to_seq: int) -> bytes:

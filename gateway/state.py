@@ -10,6 +10,7 @@ from flask import current_app
 from gateway.accounts.store import UserStore
 from gateway.brokers import Broker
 from gateway.config import Settings
+from gateway.guards.access import Roles
 from gateway.transport.registry import Registry
 
 EXTENSION = "gateway"
@@ -23,6 +24,7 @@ class GatewayState:
     broker: Broker
     users: UserStore
     registry: Registry
+    roles: Roles
     started_at: float = field(default_factory=time.monotonic)
 
 
@@ -48,6 +50,11 @@ def get_user_store() -> UserStore:
 def get_registry() -> Registry:
     """Return the current app's WebSocket registry."""
     return _state().registry
+
+
+def get_roles() -> Roles:
+    """Return the current app's Roles (who is an admin)."""
+    return _state().roles
 
 
 def uptime_seconds() -> int:

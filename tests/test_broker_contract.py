@@ -12,6 +12,7 @@ from redis_server import RedisServer
 
 from gateway.brokers import (
     IDEMPOTENCY_KEYS_PER_TOPIC,
+    Access,
     Event,
     LimitExceeded,
     MemoryBroker,
@@ -24,9 +25,11 @@ from gateway.brokers import (
 class Recorder:
     """A Subscriber that remembers what it was handed; safe to wait on from the test."""
 
-    def __init__(self) -> None:
+    def __init__(self, user_id: str = "u") -> None:
+        self.user_id = user_id
         self.events: list[Event] = []
         self.deleted: list[str] = []
+        self.revoked: list[str] = []
         self._changed = threading.Condition()
 
     def deliver(self, event: Event) -> None:
@@ -37,6 +40,11 @@ class Recorder:
     def topic_deleted(self, topic: str) -> None:
         with self._changed:
             self.deleted.append(topic)
+            self._changed.notify_all()
+
+    def access_revoked(self, topic: str) -> None:
+        with self._changed:
+            self.revoked.append(topic)
             self._changed.notify_all()
 
     def seqs(self) -> list[int]:
@@ -405,3 +413,90 @@ def test_a_last_n_beyond_any_integer_redis_takes_replays_the_whole_ring(make_bro
         broker.publish("t", str(i), enc(i))
     replay = broker.subscribe("t", Recorder(), last_n=2**64 - 1).replay
     assert [e.seq for e in replay] == [3, 4, 5]
+
+
+# Access: each topic keeps its owner, policies and members, and runs the caller's checks ----
+
+
+class Refused(Exception):
+    pass
+
+
+def refuse(access: Access) -> None:
+    raise Refused(access)
+
+
+def test_a_topic_keeps_its_owner_policies_and_members(make_broker):
+    broker = make_broker()
+    broker.create_topic("t", owner="o", publish="owner", subscribe="members")
+    broker.create_topic("open", owner="o")
+    assert broker.access("t") == Access("o", "owner", "members", frozenset())
+    assert broker.access("open") == Access("o", "anyone", "anyone", frozenset())
+    broker.add_member("t", "m1")
+    broker.add_member("t", "m1")  # idempotent
+    broker.add_member("t", "m2")
+    assert broker.access("t").members == {"m1", "m2"}
+    broker.remove_member("t", "m2", revoke=False)
+    broker.remove_member("t", "m2", revoke=False)  # idempotent
+    assert broker.access("t").members == {"m1"}
+    assert {i.name: i.access for i in broker.topics()}["t"] == broker.access("t")
+    for call in (
+        lambda: broker.access("nope"),
+        lambda: broker.add_member("nope", "m1"),
+        lambda: broker.remove_member("nope", "m1", revoke=True),
+    ):
+        with pytest.raises(TopicNotFound):
+            call()
+    # A topic created again under the same name starts with no members and its new policies.
+    broker.delete_topic("t")
+    broker.create_topic("t", owner="p")
+    assert broker.access("t") == Access("p", "anyone", "anyone", frozenset())
+
+
+def test_a_refused_check_changes_nothing(make_broker):
+    broker = make_broker()
+    broker.create_topic("t", owner="o", subscribe="members")
+    broker.publish("t", "m1", enc(1))
+    s = Recorder()
+    seen = []
+    with pytest.raises(Refused):
+        broker.subscribe("t", s, last_n=5, check=refuse)
+    assert broker.following(s) == frozenset() and broker.subscriber_count() == 0
+    with pytest.raises(Refused):
+        broker.publish("t", "m2", enc(2), check=refuse)
+    with pytest.raises(Refused):
+        broker.delete_topic("t", check=refuse)
+    assert [(i.name, i.messages) for i in broker.topics()] == [("t", 1)]
+    # A passing check sees the topic's access, and the operation happens.
+    subscription = broker.subscribe("t", s, last_n=5, check=seen.append)
+    assert [e.seq for e in subscription.replay] == [1]
+    assert broker.publish("t", "m3", enc(3), check=seen.append).seq == 2
+    broker.delete_topic("t", check=seen.append)
+    assert seen == [Access("o", "anyone", "members", frozenset())] * 3
+
+
+def test_removing_a_member_with_revoke_ends_their_subscriptions_only(make_broker):
+    broker = make_broker()
+    broker.create_topic("t", owner="o", subscribe="members")
+    broker.add_member("t", "m")
+    member, other_tab, owner = Recorder("m"), Recorder("m"), Recorder("o")
+    for s in (member, other_tab, owner):
+        broker.subscribe("t", s)
+    broker.publish("t", "1", enc(1))
+    member.wait(lambda r: r.seqs() == [1])
+    broker.remove_member("t", "m", revoke=True)
+    for s in (member, other_tab):
+        s.wait(lambda r: r.revoked == ["t"])
+    assert broker.following(member) == frozenset()
+    broker.publish("t", "2", enc(2))
+    owner.wait(lambda r: r.seqs() == [1, 2])
+    assert member.seqs() == [1] and other_tab.seqs() == [1]
+    assert owner.revoked == []
+    # Without revoke (the member may still read, say under "anyone"), nothing ends.
+    broker.add_member("t", "o2")
+    reader = Recorder("o2")
+    broker.subscribe("t", reader)
+    broker.remove_member("t", "o2", revoke=False)
+    broker.publish("t", "3", enc(3))
+    reader.wait(lambda r: r.seqs() == [3])
+    assert reader.revoked == []

@@ -175,3 +175,30 @@ def test_a_ring_kept_by_an_older_gateway_gets_its_byte_count(server, make_broker
     assert int(admin.get("gw:ringbytes:t")) == sum(len(entry) for entry in ring)
     assert [e.id for e in broker.history("t").events] == ["o1", "o2", "new"]
     admin.close()
+
+
+def test_a_stale_copy_of_access_never_decides_for_a_topic_created_again(make_broker):
+    # Worker A keeps a copy of a topic's access for publishes (up to a second). When worker
+    # B deletes the topic and creates another under the same name, A's copy must not decide
+    # for the new topic, either way.
+    from gateway.guards import access
+
+    a, b = make_broker(), make_broker()
+    b.create_topic("t", owner="o", publish="anyone")
+    a.publish("t", "1", enc(1), publisher="x", check=access.check(access.PUBLISH, "x", "t"))
+    b.delete_topic("t")
+    b.create_topic("t", owner="o", publish="owner")
+    with pytest.raises(access.Forbidden):  # the old "anyone" copy does not let x in
+        a.publish("t", "2", enc(2), publisher="x", check=access.check(access.PUBLISH, "x", "t"))
+    b.delete_topic("t")
+    b.create_topic("t", owner="x", publish="owner")
+    # The old "owner is o" copy does not keep x, the new owner, out.
+    event = a.publish("t", "3", enc(3), publisher="x", check=access.check(access.PUBLISH, "x", "t"))
+    assert event.seq == 1
+    # A delete checked against the old topic does not delete the new one.
+    a.access("t")
+    b.delete_topic("t")
+    b.create_topic("t", owner="o")
+    with pytest.raises(access.Forbidden):
+        a.delete_topic("t", check=access.check(access.DELETE, "x", "t"))
+    assert [t.name for t in b.topics()] == ["t"]

@@ -32,8 +32,18 @@ ALLOWED = {
         {"gevent", "wsproto", "orjson", "gunicorn"},
     ),
     "accounts": (
-        {"gateway.accounts", "gateway.config", "gateway.http"},
-        {"flask", "flask_jwt_extended", "jwt", "psycopg", "psycopg_pool", "gevent", "werkzeug"},
+        # state and protocol: the `flask users` commands (the app's store, timestamps)
+        {"gateway.accounts", "gateway.config", "gateway.http", "gateway.state", "gateway.protocol"},
+        {
+            "flask",
+            "flask_jwt_extended",
+            "jwt",
+            "psycopg",
+            "psycopg_pool",
+            "gevent",
+            "werkzeug",
+            "click",
+        },
     ),
     "guards": (
         {
@@ -47,7 +57,14 @@ ALLOWED = {
         {"flask", "flask_limiter", "limits", "flask_jwt_extended", "orjson", "redis", "werkzeug"},
     ),
     "http": (
-        {"gateway.http", "gateway.jsondoc", "gateway.protocol", "gateway.state", "gateway.brokers"},
+        {
+            "gateway.http",
+            "gateway.jsondoc",
+            "gateway.protocol",
+            "gateway.state",
+            "gateway.brokers",
+            "gateway.guards.access",  # Forbidden -> 403
+        },
         {"flask", "werkzeug", "orjson"},
     ),
 }

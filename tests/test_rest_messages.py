@@ -546,7 +546,7 @@ class RacingBroker:
     def __init__(self) -> None:
         self.unsubscribed = []
 
-    def subscribe(self, topic, subscriber, last_n=0, since_seq=None, epoch=None):
+    def subscribe(self, topic, subscriber, last_n=0, since_seq=None, epoch=None, check=None):
         def event(seq):
             return Event(topic, f"m{seq}", b"%d" % seq, seq, 0.0)
 

@@ -216,11 +216,12 @@ def test_topic_routes_require_a_token(client, headers):
     assert names == ["guarded"]
 
 
-def test_any_registered_user_manages_any_topic(client, auth_headers):
+def test_only_the_owner_deletes_a_topic(client, auth_headers):
     first, second = auth_headers(), auth_headers()
     assert create(client, first, "shared").status_code == 201
     assert_error(create(client, second, "shared"), 409)
-    assert client.delete("/topics/shared", headers=second).status_code == 200
+    assert_error(client.delete("/topics/shared", headers=second), 403)
+    assert client.delete("/topics/shared", headers=first).status_code == 200
 
 
 # --- /health and /stats ---------------------------------------------------------------------

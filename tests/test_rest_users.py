@@ -12,7 +12,7 @@ import jwt
 import pytest
 
 ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
-USER_FIELDS = {"id", "username", "email", "created_at", "updated_at"}
+USER_FIELDS = {"id", "username", "email", "role", "created_at", "updated_at"}
 HASH_MARKERS = ("scrypt:", "pbkdf2:", "$2b$", "$2a$", "$argon2")
 
 
@@ -36,12 +36,13 @@ def assert_error(response, status):
     assert isinstance(body["error"], str) and body["error"]
 
 
-def assert_user(user, username, email=None):
+def assert_user(user, username, email=None, role="user"):
     """A user object has exactly the documented fields, UTC Z timestamps and no secret."""
     assert set(user) == USER_FIELDS
     assert isinstance(user["id"], str) and user["id"]
     assert user["username"] == username
     assert user["email"] == email
+    assert user["role"] == role
     for key in ("created_at", "updated_at"):
         assert ISO_Z.fullmatch(user[key]), user[key]
         moment = datetime.fromisoformat(user[key].replace("Z", "+00:00"))

@@ -9,19 +9,22 @@ why, except under CI (CI=true), where they fail: CI never passes without them.
 from __future__ import annotations
 
 import selectors
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from services import postgres_database
+from werkzeug.security import generate_password_hash
 
 from gateway.accounts.offload import CpuPool
 from gateway.accounts.sqlite import SqliteUserStore
-from gateway.accounts.store import User, UsernameTaken, UserStore
+from gateway.accounts.store import User, UsernameTaken, UserStore, ValidationError
 from gateway.config import POSTGRES_SCHEMES, ConfigError, load_settings
 from gateway.state import EXTENSION
 
@@ -205,6 +208,260 @@ def test_accounts_survive_a_restart(make_store, durable_database):
     again = make_store(durable_database)
     assert again.get(user.id) == user
     assert again.authenticate("kept", PASSWORD) == user
+
+
+# --- roles and account management -------------------------------------------------------------
+
+
+def test_a_new_account_is_a_user(store):
+    user = store.register("plain", PASSWORD, None)
+    assert user.role == "user"
+    assert store.get(user.id).role == "user"
+    assert store.find("plain").role == "user"
+    assert store.authenticate("plain", PASSWORD).role == "user"
+
+
+def test_register_can_create_an_admin_and_refuses_other_roles(store):
+    admin = store.register("boss", PASSWORD, None, "admin")
+    assert admin.role == "admin"
+    assert store.get(admin.id) == admin
+    with pytest.raises(ValidationError, match="role"):
+        store.register("root", PASSWORD, None, "root")
+    assert store.find("root") is None
+
+
+def test_set_role_round_trip(store):
+    user = store.register("climber", PASSWORD, "c@example.com")
+    time.sleep(0.01)
+    promoted = store.set_role("climber", "admin")
+    assert promoted.role == "admin"
+    assert (promoted.id, promoted.username, promoted.email) == (user.id, "climber", "c@example.com")
+    assert promoted.created_at == user.created_at
+    assert promoted.updated_at > user.updated_at
+    # Every read returns the account exactly as set_role returned it.
+    assert store.get(user.id) == promoted
+    assert store.find("climber") == promoted
+    assert store.authenticate("climber", PASSWORD) == promoted
+    assert store.get_many([user.id]) == {user.id: promoted}
+    assert store.list_users() == [promoted]
+
+    demoted = store.set_role("climber", "user")
+    assert demoted.role == "user"
+    assert demoted.updated_at >= promoted.updated_at
+    assert store.get(user.id) == demoted
+
+
+def test_set_role_of_an_unknown_user_is_none_and_a_bad_role_is_refused(store):
+    user = store.register("steady", PASSWORD, None)
+    assert store.set_role("nobody", "admin") is None
+    assert store.set_role("Steady", "admin") is None  # case-sensitive, like every lookup
+    for role in ("root", "Admin", "", None):
+        with pytest.raises(ValidationError, match="role"):
+            store.set_role("steady", role)
+    assert store.get(user.id) == user  # untouched: not even updated_at
+
+
+def test_find_is_exact_and_returns_no_secret(store):
+    user = store.register("finder", PASSWORD, "f@example.com")
+    assert store.find("finder") == user
+    assert store.find("Finder") is None
+    assert store.find("nobody") is None
+    assert store.find("") is None
+    assert not [name for name in User.__slots__ if "hash" in name or "pass" in name]
+
+
+def test_get_many_returns_the_known_ids_only(store):
+    users = [store.register(name, PASSWORD, None) for name in ("m1", "m2", "m3")]
+    ids = [user.id for user in users]
+    found = store.get_many([ids[0], ids[2], ids[0], uuid.uuid4().hex, "", "x'); --"])
+    assert found == {ids[0]: users[0], ids[2]: users[2]}
+    assert store.get_many(user.id for user in users) == dict(zip(ids, users, strict=True))
+    assert store.get_many([]) == {}
+    assert store.get_many(set()) == {}
+    # Far more ids than SQLite allows parameters in one statement (999 in old builds).
+    many = [uuid.uuid4().hex for _ in range(40_000)] + [ids[1]]
+    assert store.get_many(many) == {ids[1]: users[1]}
+
+
+def test_get_many_is_one_query_on_sqlite():
+    store = SqliteUserStore(":memory:")
+    try:
+        ids = [store.register(f"q{index}", PASSWORD, None).id for index in range(5)]
+        statements: list[str] = []
+        store._db.set_trace_callback(statements.append)
+        assert len(store.get_many(ids)) == 5
+        assert len(statements) == 1, statements
+    finally:
+        store.close()
+
+
+def test_list_users_is_sorted_by_username_in_byte_order(store):
+    assert store.list_users() == []
+    names = ["bob", "Alice", "alice", "_under", "0zero", "Bob", "a.b", "a@b"]
+    users = {name: store.register(name, PASSWORD, None) for name in names}
+    store.set_role("bob", "admin")
+    listed = store.list_users()
+    assert [user.username for user in listed] == sorted(names)
+    assert {user.username: user for user in listed} == users | {"bob": store.find("bob")}
+    assert store.find("bob").role == "admin"
+
+
+def test_delete_removes_the_account_and_only_it(store):
+    gone = store.register("leaver", PASSWORD, None)
+    kept = store.register("stayer", PASSWORD, None)
+    assert store.delete("Leaver") is False  # case-sensitive
+    assert store.delete("leaver") is True
+    assert store.get(gone.id) is None
+    assert store.find("leaver") is None
+    assert store.authenticate("leaver", PASSWORD) is None
+    assert store.get_many([gone.id, kept.id]) == {kept.id: kept}
+    assert store.list_users() == [kept]
+    assert store.delete("leaver") is False
+    assert store.delete("nobody") is False
+    # The name is free again: a new account, not the old one.
+    again = store.register("leaver", PASSWORD, None)
+    assert again.id != gone.id
+
+
+# --- migrating a database made before roles -----------------------------------------------------
+
+_OLD_SQLITE_SCHEMA = (
+    "CREATE TABLE users ("
+    " id TEXT PRIMARY KEY, username TEXT NOT NULL UNIQUE, email TEXT,"
+    " password_hash TEXT NOT NULL, created_at REAL NOT NULL,"
+    " updated_at REAL NOT NULL)"
+)
+_OLD_POSTGRES_SCHEMA = (
+    "CREATE TABLE users ("
+    " id TEXT PRIMARY KEY, username TEXT NOT NULL UNIQUE, email TEXT,"
+    " password_hash TEXT NOT NULL,"
+    " created_at TIMESTAMPTZ NOT NULL, updated_at TIMESTAMPTZ NOT NULL)"
+)
+# Exact in a double and in microseconds, so both stores give it back to the bit.
+_OLD_MOMENT = 1_700_000_000.25
+
+
+def _create_old_table(target: str, accounts: list[tuple[str, str, str | None]]) -> None:
+    """Create the users table of the version before roles, holding (id, username, email)."""
+    password_hash = generate_password_hash(PASSWORD)
+    if target.startswith(POSTGRES_SCHEMES):
+        import psycopg
+
+        with psycopg.connect(target, autocommit=True) as conn:
+            conn.execute(_OLD_POSTGRES_SCHEMA)
+            for account in accounts:
+                conn.execute(
+                    "INSERT INTO users VALUES (%s, %s, %s, %s, to_timestamp(%s), to_timestamp(%s))",
+                    (*account, password_hash, _OLD_MOMENT, _OLD_MOMENT),
+                )
+        return
+    db = sqlite3.connect(target, isolation_level=None)
+    try:
+        db.execute(_OLD_SQLITE_SCHEMA)
+        for account in accounts:
+            db.execute(
+                "INSERT INTO users VALUES (?, ?, ?, ?, ?, ?)",
+                (*account, password_hash, _OLD_MOMENT, _OLD_MOMENT),
+            )
+    finally:
+        db.close()
+
+
+def _write_role(target: str, username: str, role: str) -> None:
+    """Set a role with raw SQL, past the store's validation."""
+    if target.startswith(POSTGRES_SCHEMES):
+        import psycopg
+
+        with psycopg.connect(target, autocommit=True) as conn:
+            conn.execute("UPDATE users SET role = %s WHERE username = %s", (role, username))
+        return
+    db = sqlite3.connect(target, isolation_level=None)
+    try:
+        db.execute("UPDATE users SET role = ? WHERE username = ?", (role, username))
+    finally:
+        db.close()
+
+
+def test_a_table_without_roles_is_migrated_on_start_up(make_store, durable_database):
+    _create_old_table(durable_database, [("id-old", "old", "old@example.com"), ("id-b", "b", None)])
+    store = make_store(durable_database)
+    old = User("id-old", "old", "old@example.com", _OLD_MOMENT, _OLD_MOMENT, "user")
+    assert store.find("old") == old
+    assert store.get("id-old") == old
+    assert store.authenticate("old", PASSWORD) == old  # the old hash still works
+    assert [user.username for user in store.list_users()] == ["b", "old"]
+    promoted = store.set_role("old", "admin")
+    assert promoted.role == "admin"
+    new = store.register("new", PASSWORD, None)
+    store.close()
+
+    # Opening the migrated database again changes nothing.
+    again = make_store(durable_database)
+    assert again.find("old") == promoted
+    assert again.get(new.id) == new
+    # The database itself refuses a role outside ("user", "admin").
+    refused = (sqlite3.IntegrityError,)
+    if durable_database.startswith(POSTGRES_SCHEMES):
+        import psycopg
+
+        refused = (psycopg.errors.CheckViolation,)
+    with pytest.raises(refused):
+        _write_role(durable_database, "new", "root")
+    assert again.find("new") == new
+
+
+def test_the_migration_adds_one_column_and_one_check_in_postgres(make_store, postgres_url):
+    import psycopg
+
+    _drop_users_table(postgres_url)
+    _create_old_table(postgres_url, [("id-1", "one", None)])
+    for _ in range(3):
+        make_store(postgres_url).close()
+    with psycopg.connect(postgres_url) as conn:
+        columns = conn.execute(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'users'::regclass"
+            " AND attname = 'role' AND NOT attisdropped"
+        ).fetchone()[0]
+        checks = conn.execute(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = 'users'::regclass"
+            " AND contype = 'c'"
+        ).fetchone()[0]
+    assert (columns, checks) == (1, 1)
+
+
+def test_workers_starting_at_once_on_an_old_postgres_table_all_start(make_store, postgres_url):
+    _drop_users_table(postgres_url)
+    _create_old_table(postgres_url, [("id-1", "early", None)])
+    barrier = threading.Barrier(8, timeout=30)
+    failures: list[Exception] = []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            make_store(postgres_url)
+        except Exception as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    _join_all(threads)
+    assert not failures, failures
+    assert make_store(postgres_url).find("early").role == "user"
+
+
+def test_workers_starting_at_once_on_an_old_sqlite_file_all_start(tmp_path):
+    for attempt in range(5):
+        path = str(tmp_path / f"old-{attempt}.db")
+        _create_old_table(path, [(f"id-{attempt}", f"early{attempt}", None)])
+        stores, failures = _open_at_once(path, 8)
+        try:
+            assert not failures, failures
+            assert stores[0].find(f"early{attempt}").role == "user"
+            assert stores[-1].set_role(f"early{attempt}", "admin").role == "admin"
+        finally:
+            for store in stores:
+                store.close()
 
 
 # --- PostgreSQL only ----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import atexit
 import selectors
 import sys
 import weakref
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from gateway.accounts.offload import CpuPool
@@ -27,16 +28,30 @@ except ImportError as exc:  # pragma: no cover - both are in requirements.txt
 POOL_SIZE = 4
 # Seconds a request waits for a free connection (or a reconnect) before failing.
 POOL_TIMEOUT = 10.0
-# Serialises schema creation across workers: concurrent CREATE TABLE IF NOT EXISTS can
-# fail with a unique violation on pg_type. Any fixed bigint works; this one spells it.
+# Serialises schema creation and migration across workers: concurrent CREATE TABLE IF NOT
+# EXISTS can fail with a unique violation on pg_type, and two workers adding one column
+# would race too. Any fixed bigint works; this one spells it.
 _SCHEMA_LOCK = int.from_bytes(b"gw-users", "big")
+# The role column, in CREATE TABLE and in the migration of a table made before roles.
+_ROLE = (
+    "role TEXT NOT NULL DEFAULT 'user'"
+    " CONSTRAINT users_role_check CHECK (role IN ('user', 'admin'))"
+)
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS users ("
     " id TEXT PRIMARY KEY, username TEXT NOT NULL UNIQUE, email TEXT,"
     " password_hash TEXT NOT NULL,"
-    " created_at TIMESTAMPTZ NOT NULL, updated_at TIMESTAMPTZ NOT NULL)"
+    f" created_at TIMESTAMPTZ NOT NULL, updated_at TIMESTAMPTZ NOT NULL, {_ROLE})"
 )
-_COLUMNS = "id, username, email, created_at, updated_at"
+# Resolves "users" through the search_path, as the statements above and below do.
+_HAS_ROLE = (
+    "SELECT 1 FROM pg_attribute"
+    " WHERE attrelid = 'users'::regclass AND attname = 'role' AND NOT attisdropped"
+)
+# A constant default: PostgreSQL 11+ adds the column without rewriting the table.
+_ADD_ROLE = f"ALTER TABLE users ADD COLUMN IF NOT EXISTS {_ROLE}"
+# The columns of a User, in its fields' order.
+_COLUMNS = "id, username, email, created_at, updated_at, role"
 
 
 class PostgresUserStore(UserStore):
@@ -55,9 +70,14 @@ class PostgresUserStore(UserStore):
         _check_gevent_cooperation()
         # A plain connection first: a wrong host, database or password fails here with
         # PostgreSQL's own message instead of a pool timeout.
+        # One transaction under the advisory lock: schema and migration, then commit.
         with psycopg.connect(url) as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             conn.execute(_SCHEMA)
+            # Checked first so that a started-up database costs no ALTER TABLE, whose
+            # ACCESS EXCLUSIVE lock would queue every query behind any long one.
+            if conn.execute(_HAS_ROLE).fetchone() is None:  # a database made before roles
+                conn.execute(_ADD_ROLE)
         self._pool = ConnectionPool(
             url,
             min_size=1,
@@ -83,8 +103,8 @@ class PostgresUserStore(UserStore):
             with self._pool.connection() as conn:
                 row = conn.execute(
                     f"INSERT INTO users ({_COLUMNS}, password_hash)"
-                    f" VALUES (%s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
-                    (user.id, user.username, user.email, moment, moment, password_hash),
+                    f" VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
+                    (user.id, user.username, user.email, moment, moment, user.role, password_hash),
                 ).fetchone()
         except errors.UniqueViolation:
             raise UsernameTaken(user.username) from None
@@ -97,7 +117,7 @@ class PostgresUserStore(UserStore):
                 f"SELECT {_COLUMNS}, password_hash FROM users WHERE username = %s",
                 (username,),
             ).fetchone()
-        return (_user(row[:5]), row[5]) if row else None
+        return (_user(row[:6]), row[6]) if row else None
 
     def get(self, user_id: str) -> User | None:
         """Return the user with this id, or None."""
@@ -105,14 +125,50 @@ class PostgresUserStore(UserStore):
             row = conn.execute(f"SELECT {_COLUMNS} FROM users WHERE id = %s", (user_id,)).fetchone()
         return _user(row) if row else None
 
+    def get_many(self, user_ids: Iterable[str]) -> dict[str, User]:
+        """Return {id: user} for the ids that exist, in one query."""
+        wanted = sorted(set(user_ids))
+        if not wanted:
+            return {}
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM users WHERE id = ANY(%s)", (wanted,)
+            ).fetchall()
+        return {row[0]: _user(row) for row in rows}
+
+    def list_users(self) -> list[User]:
+        """Return every account, sorted by username (byte order)."""
+        # COLLATE "C": byte order whatever the database's collation, as SQLite sorts.
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                f'SELECT {_COLUMNS} FROM users ORDER BY username COLLATE "C"'
+            ).fetchall()
+        return [_user(row) for row in rows]
+
+    def _set_role(self, username: str, role: str, updated_at: float) -> User | None:
+        moment = datetime.fromtimestamp(updated_at, UTC)
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                "UPDATE users SET role = %s, updated_at = %s WHERE username = %s"
+                f" RETURNING {_COLUMNS}",
+                (role, moment, username),
+            ).fetchone()
+        return _user(row) if row else None
+
+    def delete(self, username: str) -> bool:
+        """Delete the account with this exact username; False if there was none."""
+        with self._pool.connection() as conn:
+            cursor = conn.execute("DELETE FROM users WHERE username = %s", (username,))
+        return cursor.rowcount > 0
+
     def close(self) -> None:
         """Close every pooled connection and stop the pool's workers."""
         self._pool.close()
 
 
 def _user(row) -> User:
-    user_id, username, email, created_at, updated_at = row
-    return User(user_id, username, email, created_at.timestamp(), updated_at.timestamp())
+    user_id, username, email, created_at, updated_at, role = row
+    return User(user_id, username, email, created_at.timestamp(), updated_at.timestamp(), role)
 
 
 def _close_at_exit(store_ref: weakref.ref) -> None:

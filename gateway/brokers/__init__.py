@@ -15,8 +15,13 @@ from __future__ import annotations
 from gateway.brokers.contract import (
     IDEMPOTENCY_KEYS_PER_TOPIC,
     IDEMPOTENCY_SECONDS,
+    OPEN,
+    PUBLISH_POLICIES,
+    SUBSCRIBE_POLICIES,
+    Access,
     Broker,
     BrokerUnavailable,
+    Check,
     Encoder,
     Event,
     History,
@@ -33,6 +38,11 @@ from gateway.brokers.contract import (
 from gateway.brokers.memory import MemoryBroker
 
 __all__ = [
+    "OPEN",
+    "PUBLISH_POLICIES",
+    "SUBSCRIBE_POLICIES",
+    "Access",
+    "Check",
     "IDEMPOTENCY_KEYS_PER_TOPIC",
     "IDEMPOTENCY_SECONDS",
     "Broker",

@@ -108,6 +108,35 @@ def resume(
     return missed, bool(missed) and missed[0].seq == since_seq + 1
 
 
+# Who may publish to a topic, and who may subscribe (fixed when the topic is created).
+PUBLISH_POLICIES = ("anyone", "members", "owner")
+SUBSCRIBE_POLICIES = ("anyone", "members")
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """A topic's owner, its policies and its members: the data behind every access decision.
+
+    The decisions themselves are made in one place, gateway.guards.access; a broker only
+    keeps this record with the topic and hands it to the checks callers give it. Members are
+    user ids; the owner is a member whether listed or not. Immutable: a change of members
+    replaces the record, so a check never sees one half-changed.
+    """
+
+    owner: str | None = None
+    publish: str = "anyone"
+    subscribe: str = "anyone"
+    members: frozenset[str] = frozenset()
+
+
+OPEN = Access()
+
+# A check a caller hands to `publish`, `subscribe` or `delete_topic`: it raises (the caller's
+# own exception, e.g. Forbidden) to refuse, and the broker then does nothing. It runs where
+# the broker decides atomically (under the memory broker's lock), so it must not block.
+Check = Callable[[Access], None]
+
+
 @dataclass(frozen=True, slots=True)
 class TopicInfo:
     """A snapshot of one topic for /topics, /stats and /health."""
@@ -116,6 +145,7 @@ class TopicInfo:
     subscribers: int
     messages: int
     owner: str | None = None  # the id of the user who created it
+    access: Access = OPEN
 
 
 # What a subscriber hands back from `deliver` or `topic_deleted`: the socket write to do
@@ -133,9 +163,14 @@ class Subscriber(Protocol):
     that no publish ever waits on another connection's socket (tests/test_session.py).
     """
 
+    # The user the subscriber acts for: what `remove_member` revokes is found by it.
+    user_id: str
+
     def deliver(self, event: Event) -> Send: ...
 
     def topic_deleted(self, topic: str) -> Send: ...
+
+    def access_revoked(self, topic: str) -> Send: ...
 
 
 def run_sends(sends: list[Callable[[], None]]) -> None:
@@ -167,20 +202,47 @@ class Broker(ABC):
       a topic created again under the same name starts from an empty history and seq 1.
     - a topic's history holds at most `ring_size` messages and `Quotas.ring_bytes` of
       encoded frames, oldest out first; one larger than that is delivered but not kept.
+    - a topic keeps its Access (owner, policies, members) and loses it when deleted; a
+      `check` given to `publish`, `subscribe` or `delete_topic` sees the topic's Access and
+      may raise to refuse, in which case nothing was done. Member changes take effect on
+      every worker within a second; `remove_member` stops delivery to the subscribers it
+      revokes (each told once, `access_revoked`) in the topic's event order.
     - any call may raise BrokerUnavailable when a backing service is down; nothing was done.
     """
 
     @abstractmethod
-    def create_topic(self, name: str, owner: str | None = None) -> None:
-        """Create a topic owned by user id `owner`.
+    def create_topic(
+        self,
+        name: str,
+        owner: str | None = None,
+        publish: str = "anyone",
+        subscribe: str = "anyone",
+    ) -> None:
+        """Create a topic owned by user id `owner`, with its publish and subscribe policies.
 
         Raise TopicExists if the name is taken, LimitExceeded past `Quotas.max_topics` or
         `Quotas.max_topics_per_user`.
         """
 
     @abstractmethod
-    def delete_topic(self, name: str) -> None:
+    def delete_topic(self, name: str, check: Check | None = None) -> None:
         """Delete a topic and notify its subscribers; raise TopicNotFound if unknown."""
+
+    @abstractmethod
+    def access(self, name: str) -> Access:
+        """Return the topic's Access; raise TopicNotFound."""
+
+    @abstractmethod
+    def add_member(self, name: str, user: str) -> None:
+        """Make user id `user` a member of the topic (idempotent); raise TopicNotFound."""
+
+    @abstractmethod
+    def remove_member(self, name: str, user: str, revoke: bool) -> None:
+        """Take `user` off the topic's members (idempotent); raise TopicNotFound.
+
+        With `revoke`, every subscription of that user to the topic ends (`access_revoked`),
+        on every worker: the caller decided that the user may no longer subscribe.
+        """
 
     @abstractmethod
     def topics(self) -> list[TopicInfo]:
@@ -194,6 +256,7 @@ class Broker(ABC):
         payload: bytes,
         idempotency_key: str | None = None,
         publisher: str | None = None,
+        check: Check | None = None,
     ) -> Event:
         """Assign the next seq, store the event in the ring and fan it out; raise TopicNotFound.
 
@@ -211,6 +274,7 @@ class Broker(ABC):
         last_n: int = 0,
         since_seq: int | None = None,
         epoch: str | None = None,
+        check: Check | None = None,
     ) -> Subscription:
         """Register a subscriber and replay its history; raise TopicNotFound.
 

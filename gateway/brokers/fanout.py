@@ -63,6 +63,19 @@ class Fanout:
                     del self._topics[topic]
         return sorted(topics)
 
+    def revoke(self, topic: str, user: str) -> list[Callable[[], None]]:
+        """End every subscription of `user` to `topic`, telling each subscriber once."""
+        sends = []
+        subscribers = self._topics.get(topic)
+        if not subscribers:
+            return sends
+        for subscriber in [s for s in subscribers if s.user_id == user]:
+            self.remove(topic, subscriber)
+            send = subscriber.access_revoked(topic)
+            if send is not None:
+                sends.append(send)
+        return sends
+
     def drop_topic(self, topic: str) -> list[Callable[[], None]]:
         """Forget a deleted topic, telling each of its subscribers once; return their sends."""
         sends = []

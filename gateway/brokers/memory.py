@@ -10,7 +10,9 @@ from collections import Counter, OrderedDict, deque
 from gateway.brokers.contract import (
     IDEMPOTENCY_KEYS_PER_TOPIC,
     IDEMPOTENCY_SECONDS,
+    Access,
     Broker,
+    Check,
     Encoder,
     Event,
     History,
@@ -32,15 +34,15 @@ _ENTRY_OVERHEAD = 32
 
 
 class _Topic:
-    """One topic's ring, last seq (also its message count), epoch, owner and idempotency keys."""
+    """One topic's ring, last seq (also its message count), epoch, access and idempotency keys."""
 
-    __slots__ = ("epoch", "keys", "owner", "ring", "ring_bytes", "seq")
+    __slots__ = ("access", "epoch", "keys", "ring", "ring_bytes", "seq")
 
-    def __init__(self, ring_size: int, owner: str | None) -> None:
+    def __init__(self, access: Access) -> None:
         self.ring: deque[Event] = deque()
         self.ring_bytes = 0  # encoded frames held by the ring
         self.seq = 0
-        self.owner = owner
+        self.access = access
         # A new id per creation, and so per process: a restart starts new streams.
         self.epoch = uuid.uuid4().hex[:16]
         # (publisher, key) -> (id, seq, timestamp, expiry); oldest first.
@@ -107,7 +109,13 @@ class MemoryBroker(Broker):
         self._connections: Counter[str] = Counter()  # open connections per user
         self._fanout = Fanout()
 
-    def create_topic(self, name: str, owner: str | None = None) -> None:
+    def create_topic(
+        self,
+        name: str,
+        owner: str | None = None,
+        publish: str = "anyone",
+        subscribe: str = "anyone",
+    ) -> None:
         quotas = self._quotas
         with self._lock:
             if name in self._topics:
@@ -118,24 +126,57 @@ class MemoryBroker(Broker):
                 raise LimitExceeded(
                     f"you already own the maximum of {quotas.max_topics_per_user} topics"
                 )
-            self._topics[name] = _Topic(self._ring_size, owner)
+            self._topics[name] = _Topic(Access(owner, publish, subscribe))
             self._owned[owner] += 1
 
-    def delete_topic(self, name: str) -> None:
+    def delete_topic(self, name: str, check: Check | None = None) -> None:
         with self._lock:
-            state = self._topics.pop(name, None)
-            if state is None:
-                raise TopicNotFound(name)
-            self._owned[state.owner] -= 1
-            if not self._owned[state.owner]:
-                del self._owned[state.owner]
+            state = self._state(name)
+            if check is not None:
+                check(state.access)
+            del self._topics[name]
+            owner = state.access.owner
+            self._owned[owner] -= 1
+            if not self._owned[owner]:
+                del self._owned[owner]
             sends = self._fanout.drop_topic(name)
         run_sends(sends)
+
+    def access(self, name: str) -> Access:
+        with self._lock:
+            return self._state(name).access
+
+    def add_member(self, name: str, user: str) -> None:
+        with self._lock:
+            state = self._state(name)
+            access = state.access
+            state.access = Access(
+                access.owner, access.publish, access.subscribe, access.members | {user}
+            )
+
+    def remove_member(self, name: str, user: str, revoke: bool) -> None:
+        with self._lock:
+            state = self._state(name)
+            access = state.access
+            state.access = Access(
+                access.owner, access.publish, access.subscribe, access.members - {user}
+            )
+            sends = self._fanout.revoke(name, user) if revoke else []
+        run_sends(sends)
+
+    def _state(self, name: str) -> _Topic:
+        """Return the topic's state (lock held); raise TopicNotFound."""
+        state = self._topics.get(name)
+        if state is None:
+            raise TopicNotFound(name)
+        return state
 
     def topics(self) -> list[TopicInfo]:
         with self._lock:
             return [
-                TopicInfo(name, self._fanout.count(name), topic.seq, topic.owner)
+                TopicInfo(
+                    name, self._fanout.count(name), topic.seq, topic.access.owner, topic.access
+                )
                 for name, topic in sorted(self._topics.items())
             ]
 
@@ -146,12 +187,13 @@ class MemoryBroker(Broker):
         payload: bytes,
         idempotency_key: str | None = None,
         publisher: str | None = None,
+        check: Check | None = None,
     ) -> Event:
         key = None if idempotency_key is None else (publisher, idempotency_key)
         with self._lock:
-            state = self._topics.get(topic)
-            if state is None:
-                raise TopicNotFound(topic)
+            state = self._state(topic)
+            if check is not None:
+                check(state.access)
             now = time.time()
             if key is not None:
                 first = state.remembered(key, now)
@@ -180,11 +222,12 @@ class MemoryBroker(Broker):
         last_n: int = 0,
         since_seq: int | None = None,
         epoch: str | None = None,
+        check: Check | None = None,
     ) -> Subscription:
         with self._lock:
-            state = self._topics.get(topic)
-            if state is None:
-                raise TopicNotFound(topic)
+            state = self._state(topic)
+            if check is not None:
+                check(state.access)
             if not self._fanout.add(topic, subscriber):
                 return Subscription([], state.seq, state.epoch, since_seq is not None)
             if since_seq is not None:

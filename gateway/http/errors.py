@@ -8,6 +8,7 @@ from flask import Flask, g, jsonify
 from werkzeug.exceptions import HTTPException
 
 from gateway.brokers import BrokerUnavailable, LimitExceeded
+from gateway.guards.access import Forbidden
 
 # The machine-readable `code` a 429 carries beside `error` is the one WebSocket error frames
 # use: a client backs off differently from a rate limit (retry later) and a quota (free
@@ -44,6 +45,10 @@ def error_response(
 
 def register_error_handlers(app: Flask) -> None:
     """Make Flask's own errors, ours and unexpected ones all answer in the one shape."""
+
+    @app.errorhandler(Forbidden)
+    def forbidden(exc: Forbidden):
+        return error_response(403, str(exc))
 
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError):

@@ -29,6 +29,7 @@ from gateway.transport.registry import Registry
 from gateway.transport.session import Session
 
 if TYPE_CHECKING:
+    from gateway.guards.access import Roles
     from gateway.guards.admission import Claim
 
 log = logging.getLogger("gateway.ws")
@@ -58,6 +59,7 @@ class Connection:
         settings: Settings,
         broker: Broker,
         registry: Registry,
+        roles: Roles | None = None,
     ) -> None:
         self.conn_id = uuid.uuid4().hex[:12]
         self.sock = sock
@@ -72,6 +74,7 @@ class Connection:
             max_json_depth=settings.max_json_depth,
             max_subscriptions=settings.max_subscriptions_per_connection,
             publish_rate=settings.publish_rate_limit,
+            roles=roles,
         )
         self.reader = FrameReader(
             protocol, self.outbox, self.session.handle, settings.max_message_bytes

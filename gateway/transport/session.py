@@ -21,6 +21,8 @@ from gateway.brokers import (
     TopicNotFound,
 )
 from gateway.config import Rate
+from gateway.guards import access
+from gateway.guards.access import NO_ADMINS, Roles
 from gateway.guards.rates import TokenBucket
 from gateway.protocol import ProtocolError
 from gateway.transport import wsframes
@@ -43,6 +45,7 @@ class Session:
         "_max_subscriptions",
         "_publish_rate",
         "_bucket",
+        "_roles",
         "_lock",
         "_holding",
         "__weakref__",
@@ -57,6 +60,7 @@ class Session:
         max_json_depth: int,
         max_subscriptions: int = 0,
         publish_rate: Rate | None = None,
+        roles: Roles | None = None,
     ) -> None:
         self.conn_id = conn_id
         self.user_id = user_id
@@ -67,6 +71,7 @@ class Session:
         # PUBLISH_RATE_LIMIT per connection, in process: a burst of the rate's count.
         self._publish_rate = publish_rate
         self._bucket = TokenBucket(publish_rate) if publish_rate is not None else None
+        self._roles = roles or NO_ADMINS
         self._lock = threading.Lock()
         # Topics whose subscribe is in flight: live events wait here until the ack and the
         # replay are queued, so that they follow the replay with no gap and no duplicate.
@@ -86,6 +91,10 @@ class Session:
         """Tell the client that a topic it subscribed to is gone."""
         return self.outbox.queue(wsframes.text(protocol.topic_deleted(topic)))
 
+    def access_revoked(self, topic: str) -> Send:
+        """Tell the client that it may no longer read a topic it subscribed to."""
+        return self.outbox.queue(wsframes.text(protocol.access_revoked(topic)))
+
     # Commands ------------------------------------------------------------------------
 
     def handle(self, data: str | bytes) -> None:
@@ -102,6 +111,8 @@ class Session:
                     "the message broker is unavailable; try again shortly",
                     command.request_id,
                 ) from None
+            except access.Forbidden as exc:
+                raise ProtocolError(protocol.FORBIDDEN, str(exc), command.request_id) from None
         except ProtocolError as exc:
             log.info(
                 "ws_rejected conn=%s code=%s request_id=%s message=%s",
@@ -142,8 +153,14 @@ class Session:
         # Encoded before the broker gives it a seq: a publish is all or nothing.
         payload = protocol.encode_payload(command.payload)
         try:
-            event = self._broker.publish(
-                command.topic, command.message_id, payload, publisher=self.user_id
+            event = access.run_as(
+                access.PUBLISH,
+                self.user_id,
+                command.topic,
+                self._roles,
+                lambda check: self._broker.publish(
+                    command.topic, command.message_id, payload, publisher=self.user_id, check=check
+                ),
             )
         except TopicNotFound:
             raise _not_found(command.topic, command.request_id) from None
@@ -165,9 +182,7 @@ class Session:
         with self._lock:
             self._holding.begin(topic)
         try:
-            subscription = self._broker.subscribe(
-                topic, self, command.last_n, command.since_seq, command.epoch
-            )
+            subscription = self._subscribe_checked(command)
         except BaseException as exc:
             with self._lock:
                 self._holding.cancel(topic)
@@ -201,12 +216,22 @@ class Session:
         its way from the broker (Redis) must not be mistaken for part of a replay.
         """
         try:
-            subscription = self._broker.subscribe(
-                command.topic, self, command.last_n, command.since_seq, command.epoch
-            )
+            subscription = self._subscribe_checked(command)
         except TopicNotFound:
             raise _not_found(command.topic, command.request_id) from None
         self._reply(_subscribe_ack(command, subscription))
+
+    def _subscribe_checked(self, command: protocol.Subscribe) -> Subscription:
+        """Subscribe if this user may read the topic (docs/access.md); raise Forbidden if not."""
+        return access.run_as(
+            access.SUBSCRIBE,
+            self.user_id,
+            command.topic,
+            self._roles,
+            lambda check: self._broker.subscribe(
+                command.topic, self, command.last_n, command.since_seq, command.epoch, check
+            ),
+        )
 
     def _unsubscribe(self, command: protocol.Unsubscribe) -> None:
         try:

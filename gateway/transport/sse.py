@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 import orjson
 
 from gateway import protocol
-from gateway.brokers import Broker, Event, Subscription
+from gateway.brokers import Broker, Check, Event, Subscription
 from gateway.transport import libraries
 from gateway.transport.delivery import Holding, Losses
 from gateway.transport.sockets import is_gevent_socket
@@ -43,6 +43,7 @@ HEARTBEAT = b": ping\n\n"
 _PEER_POLL_SECONDS = 1.0
 # Why a stream ends: the first reason wins.
 TOPIC_DELETED, SHUTDOWN, CLIENT_GONE = "topic_deleted", "shutdown", "client_gone"
+ACCESS_REVOKED = "access_revoked"
 
 
 def encode(name: str, data: dict, event_id: int | None = None) -> bytes:
@@ -68,8 +69,10 @@ class SseStream:
         sock: socket.socket | None = None,
         on_close: Callable[[SseStream], None] | None = None,
         stream_id: str | None = None,
+        user_id: str = "",
     ) -> None:
         self.stream_id = stream_id or uuid.uuid4().hex[:12]
+        self.user_id = user_id
         self.topic = topic
         self._broker = broker
         self._queue_size = queue_size
@@ -104,22 +107,29 @@ class SseStream:
         """End the stream, after what is queued, with `event: topic_deleted`."""
         self._finish(TOPIC_DELETED)
 
+    def access_revoked(self, topic: str) -> None:
+        """End the stream, after what is queued, with `event: access_revoked`."""
+        self._finish(ACCESS_REVOKED)
+
     # Life cycle ------------------------------------------------------------------------
 
     def shutdown(self) -> None:
         """End the stream, after what is queued, with `event: shutdown`."""
         self._finish(SHUTDOWN)
 
-    def subscribe(self, since_seq: int | None, epoch: str | None) -> Subscription:
+    def subscribe(
+        self, since_seq: int | None, epoch: str | None, check: Check | None = None
+    ) -> Subscription:
         """Subscribe; the replay goes out with `subscribed`, live events after it are queued.
 
-        Raises what the broker raises (TopicNotFound, BrokerUnavailable).
+        Raises what the broker raises (TopicNotFound, BrokerUnavailable) and what `check`
+        raises (gateway.guards.access.Forbidden).
         """
         with self._lock:
             self._holding.begin(self.topic)
         try:
             subscription = self._broker.subscribe(
-                self.topic, self, since_seq=since_seq, epoch=epoch
+                self.topic, self, since_seq=since_seq, epoch=epoch, check=check
             )
         except BaseException:
             with self._lock:

@@ -18,6 +18,7 @@ from gateway.transport.sockets import WireSocket, is_gevent_socket
 if TYPE_CHECKING:
     from gateway.brokers import Broker
     from gateway.config import Settings
+    from gateway.guards.access import Roles
     from gateway.guards.admission import Claim
     from gateway.transport.registry import Registry
 
@@ -78,6 +79,7 @@ def serve(
     settings: Settings,
     broker: Broker,
     registry: Registry,
+    roles: Roles,
     claim: Claim,
     remote_addr: str | None,
 ) -> None:
@@ -88,7 +90,7 @@ def serve(
     """
     parks = libraries.is_gunicorn(ws) and is_gevent_socket(wire.sock)
     sock = adopt(wire.sock) if parks else wire.sock
-    conn = Connection(sock, libraries.take_protocol(ws), user_id, settings, broker, registry)
+    conn = Connection(sock, libraries.take_protocol(ws), user_id, settings, broker, registry, roles)
     conn.claim = claim
     conn.open(remote_addr)
     if parks:

@@ -192,8 +192,11 @@ def route_statuses(endpoint: str, gw: Gateway, data: bytes, **route: Any) -> set
         name = doc.get("name")
         if not isinstance(name, str) or not TOPIC_RE.fullmatch(name):
             return {400}
-        # Access policies ("publish", "subscribe") are not read yet: like any unknown
-        # field they are ignored, whatever their value.
+        # Access policies (docs/access.md): absent means "anyone"; another value is a 400.
+        if doc.get("publish", "anyone") not in ("anyone", "members", "owner"):
+            return {400}
+        if doc.get("subscribe", "anyone") not in ("anyone", "members"):
+            return {400}
         allowed = {201, 409}
     else:  # publish
         message_id, key = doc.get("id"), route["key"]

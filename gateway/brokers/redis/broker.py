@@ -4,7 +4,7 @@ Each operation is one Lua script (scripts.py) or one pipeline, through client.py
 Beside the operations run the two pieces RedisBroker composes and supervises: the
 `Listener`, which brings every followed channel to this worker's subscribers, and the
 `ClusterCounts`, which keep this worker's subscriber and connection counts in Redis and
-sum every live worker's.
+sum every live worker's. Topic access (owner, policies, members) is `AccessStore`'s.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import redis
 from gateway.brokers.contract import (
     IDEMPOTENCY_KEYS_PER_TOPIC,
     IDEMPOTENCY_SECONDS,
+    Access,
     Broker,
+    Check,
     Encoder,
     Event,
     History,
@@ -33,6 +35,7 @@ from gateway.brokers.contract import (
 )
 from gateway.brokers.fanout import Fanout
 from gateway.brokers.redis import scripts
+from gateway.brokers.redis.access import AccessStore
 from gateway.brokers.redis.client import connect, unavailable
 from gateway.brokers.redis.counts import ClusterCounts
 from gateway.brokers.redis.listener import Listener
@@ -58,6 +61,7 @@ class RedisBroker(Broker):
         self._publish_script = self._redis.register_script(scripts.PUBLISH)
         self._create_script = self._redis.register_script(scripts.CREATE)
         self._delete_script = self._redis.register_script(scripts.DELETE)
+        self._access = AccessStore(self._redis, self._keys)
         # One lock for the fan-out and the local state of the listener and the counts: held
         # for a snapshot or an update, never across a Redis call.
         self._lock = threading.Lock()
@@ -73,6 +77,7 @@ class RedisBroker(Broker):
             self._lock,
             self._fanout,
             self._counts,
+            self._access,
             encode,
             self._stopping,
         )
@@ -82,11 +87,25 @@ class RedisBroker(Broker):
     # Broker ------------------------------------------------------------------------------------
 
     @unavailable
-    def create_topic(self, name: str, owner: str | None = None) -> None:
+    def create_topic(
+        self,
+        name: str,
+        owner: str | None = None,
+        publish: str = "anyone",
+        subscribe: str = "anyone",
+    ) -> None:
         # A name used before starts from seq 1 (deletion removed these, but be certain).
         keys = self._keys.create(name)
         quotas = self._quotas
-        args = [name, uuid.uuid4().hex, owner or "", quotas.max_topics, quotas.max_topics_per_user]
+        args = [
+            name,
+            uuid.uuid4().hex,
+            owner or "",
+            quotas.max_topics,
+            quotas.max_topics_per_user,
+            f"{publish} {subscribe}",
+        ]
+        self._access.forget(name)
         created = self._create_script(keys=keys, args=args)
         if created == 0:
             raise TopicExists(name)
@@ -98,10 +117,31 @@ class RedisBroker(Broker):
             )
 
     @unavailable
-    def delete_topic(self, name: str) -> None:
+    def delete_topic(self, name: str, check: Check | None = None) -> None:
+        epoch = ""
+        if check is not None:
+            known = self._access.read(name)
+            check(known.access)
+            epoch = known.epoch
         keys = self._keys.delete(name)
-        if not self._delete_script(keys=keys, args=[name]):
+        self._access.forget(name)
+        deleted = self._delete_script(keys=keys, args=[name, epoch])
+        if deleted == -1:  # deleted and created again since the check: check the new one
+            self.delete_topic(name, check)
+        elif not deleted:
             raise TopicNotFound(name)
+
+    @unavailable
+    def access(self, name: str) -> Access:
+        return self._access.read(name).access
+
+    @unavailable
+    def add_member(self, name: str, user: str) -> None:
+        self._access.change(name, user, add=True)
+
+    @unavailable
+    def remove_member(self, name: str, user: str, revoke: bool) -> None:
+        self._access.change(name, user, add=False, revoke=revoke)
 
     @unavailable
     def topics(self) -> list[TopicInfo]:
@@ -111,13 +151,19 @@ class RedisBroker(Broker):
         pipe = self._redis.pipeline(transaction=False)
         for name in names:
             pipe.get(self._keys.of("seq", name))
-        pipe.hmget(self._keys.of("owners", ""), names)
-        *seqs, owners = pipe.execute()
+        for name in names:
+            self._access.queue_read(pipe, name)
+        results = pipe.execute()
+        seqs, reads = results[: len(names)], results[len(names) :]
         counts = self._counts.totals()
-        return [
-            TopicInfo(name, counts.get(name, 0), int(seq or 0), (owner or b"").decode() or None)
-            for name, seq, owner in zip(names, seqs, owners, strict=True)
-        ]
+        found = []
+        for index, (name, seq) in enumerate(zip(names, seqs, strict=True)):
+            try:
+                access = self._access.parse(name, reads[4 * index : 4 * index + 4]).access
+            except TopicNotFound:
+                continue  # deleted meanwhile
+            found.append(TopicInfo(name, counts.get(name, 0), int(seq or 0), access.owner, access))
+        return found
 
     @unavailable
     def publish(
@@ -127,7 +173,9 @@ class RedisBroker(Broker):
         payload: bytes,
         idempotency_key: str | None = None,
         publisher: str | None = None,
+        check: Check | None = None,
     ) -> Event:
+        epoch = self._access.checked(topic, check) if check is not None else ""
         keys = self._keys.publish(topic, publisher or "", idempotency_key)
         body = scripts.pack_message(message_id, payload, time.time())
         if idempotency_key is None:
@@ -143,8 +191,12 @@ class RedisBroker(Broker):
             self._quotas.ring_bytes,
             IDEMPOTENCY_KEYS_PER_TOPIC,
             head,
+            epoch,
         ]
         seq, entry = self._publish_script(keys=keys, args=args)
+        if seq == -2:  # checked against a topic since deleted and created again
+            self._access.forget(topic)
+            return self.publish(topic, message_id, payload, idempotency_key, publisher, check)
         if seq < 0:
             raise TopicNotFound(topic)
         # Local subscribers get the event from the channel, in seq order with everyone else;
@@ -159,6 +211,7 @@ class RedisBroker(Broker):
         last_n: int = 0,
         since_seq: int | None = None,
         epoch: str | None = None,
+        check: Check | None = None,
     ) -> Subscription:
         if not self._redis.hexists(self._keys.topics, topic):
             raise TopicNotFound(topic)
@@ -168,15 +221,20 @@ class RedisBroker(Broker):
             if added:
                 self._counts.changed(topic, +1)
         if not added:
-            seq, current_epoch, _ = self._snapshot(topic, 0)
+            seq, current_epoch, _, access = self._snapshot(topic, 0, check is not None)
+            if check is not None:
+                check(access)
             return Subscription([], seq, current_epoch, since_seq is not None)
         self._counts.flush()
-        # Registered first, snapshot second: nothing published in between is missed, and
-        # what the channel brings late at or below the snapshot's seq is skipped (floor).
+        # Registered first, snapshot (and access) second: nothing published in between is
+        # missed, what the channel brings late at or below the snapshot's seq is skipped
+        # (floor), and a revocation after the access was read reaches the registration.
         # The ring never holds more than ring_size: a larger last_n asks for all of it.
         depth = self._ring_size if since_seq is not None else min(last_n, self._ring_size)
         try:
-            seq, current_epoch, ring = self._snapshot(topic, depth)
+            seq, current_epoch, ring, access = self._snapshot(topic, depth, check is not None)
+            if check is not None:
+                check(access)
         except Exception:
             # Not subscribed after all: a retry must find no half-made subscription.
             with self._lock:
@@ -196,22 +254,27 @@ class RedisBroker(Broker):
     def history(
         self, topic: str, since_seq: int = 0, limit: int = 100, epoch: str | None = None
     ) -> History:
-        seq, current_epoch, ring = self._snapshot(topic, self._ring_size)
+        seq, current_epoch, ring, _ = self._snapshot(topic, self._ring_size)
         if not current_epoch:
             raise TopicNotFound(topic)
         same = epoch is None or epoch == current_epoch
         events, complete = resume(ring, since_seq, seq, same)
         return History(events[:limit], seq, current_epoch, complete)
 
-    def _snapshot(self, topic: str, depth: int) -> tuple[int, str, list[Event]]:
-        """Read a topic's seq, epoch and last `depth` ring events in one transaction."""
+    def _snapshot(
+        self, topic: str, depth: int, with_access: bool = False
+    ) -> tuple[int, str, list[Event], Access | None]:
+        """Read a topic's seq, epoch, last `depth` ring events (and access) in one transaction."""
         pipe = self._redis.pipeline(transaction=True)
         pipe.get(self._keys.of("seq", topic))
         pipe.hget(self._keys.topics, topic)
         pipe.lrange(self._keys.of("ring", topic), -depth, -1)
-        seq, epoch, entries = pipe.execute()
+        if with_access:
+            self._access.queue_read(pipe, topic)
+        seq, epoch, entries, *reads = pipe.execute()
         ring = [scripts.read_entry(topic, e) for e in entries] if depth else []
-        return int(seq or 0), (epoch or b"").decode(), ring
+        access = self._access.parse(topic, reads).access if with_access else None
+        return int(seq or 0), (epoch or b"").decode(), ring, access
 
     @unavailable
     def unsubscribe(self, topic: str, subscriber: Subscriber) -> None:

@@ -16,8 +16,9 @@ import redis
 
 from gateway.brokers.contract import BrokerUnavailable, Encoder, Event, run_sends
 from gateway.brokers.fanout import Fanout
+from gateway.brokers.redis.access import AccessStore
 from gateway.brokers.redis.counts import ClusterCounts
-from gateway.brokers.redis.scripts import DELETED, Keys, read_entry
+from gateway.brokers.redis.scripts import DELETED, REVOKED, Keys, read_entry
 
 log = logging.getLogger("gateway.broker")
 
@@ -39,6 +40,7 @@ class Listener:
         lock: threading.Lock,
         fanout: Fanout,
         counts: ClusterCounts,
+        access: AccessStore,
         encode: Encoder,
         stopping: threading.Event,
     ) -> None:
@@ -47,6 +49,7 @@ class Listener:
         self._lock = lock  # the broker's: it guards `fanout` and the state below
         self._fanout = fanout
         self._counts = counts
+        self._access = access
         self._encode = encode
         self._stopping = stopping
         self._pubsub = client.pubsub()
@@ -149,7 +152,9 @@ class Listener:
         if ready is not None:
             ready.set()
 
-    def _on_message(self, topic: str, data: bytes) -> None:
+    def _on_notice(self, topic: str, data: bytes) -> None:
+        """A channel message that is not an event: deletion, or a change of access."""
+        self._access.forget(topic)
         if data == DELETED:
             # Counts first: once a subscriber hears of the deletion, /health agrees.
             self._counts.forget_topic(topic)
@@ -157,6 +162,20 @@ class Listener:
                 sends = self._fanout.drop_topic(topic)
                 self._last_seq[topic] = 0
             run_sends(sends)
+        elif data.startswith(REVOKED):
+            user = data[len(REVOKED) :].decode()
+            with self._lock:
+                sends = self._fanout.revoke(topic, user)
+            run_sends(sends)
+            if sends:
+                log.info(
+                    "access_revoked topic=%s user=%s subscriptions=%d", topic, user, len(sends)
+                )
+        # b"access": the members changed; forgetting the copy was all there was to do.
+
+    def _on_message(self, topic: str, data: bytes) -> None:
+        if not data[:1].isdigit():
+            self._on_notice(topic, data)
             return
         seq = int(data.split(b":", 1)[0])
         with self._lock:

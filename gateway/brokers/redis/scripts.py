@@ -6,11 +6,14 @@ Keys, under a prefix (default `gw`):
   {p}:topics        hash  name -> creation id (its presence is the topic's existence)
   {p}:owners:       hash  name -> id of the user who created it
   {p}:owned:        hash  user id -> topics that user created
+  {p}:policies:     hash  name -> "<publish> <subscribe>" (its policies, set at creation)
+  {p}:members:{name}  set  user ids of the topic's members
   {p}:seq:{name}    int   the topic's last seq (= messages published since creation)
   {p}:ring:{name}   list  the last stored messages, "seq:body", at most RING_BUFFER_SIZE
                           of them and RING_BUFFER_BYTES together
   {p}:ringbytes:{name}  int  the bytes held by the ring
-  {p}:chan:{name}   channel the same "seq:body" entries, and "deleted" on deletion
+  {p}:chan:{name}   channel the same "seq:body" entries; "deleted" on deletion, "access"
+                          when members change, "revoked:<user id>" when a user loses access
   {p}:workers       zset  worker id -> last heartbeat (unix seconds)
   {p}:subs:{id}     hash  topic -> that worker's local subscriber count (expires)
   {p}:conns:{id}    hash  user id -> that worker's open WebSockets and SSE streams (expires)
@@ -28,6 +31,8 @@ from gateway.brokers.contract import Event
 
 # What a topic's channel carries when the topic is deleted (DELETE publishes it).
 DELETED = b"deleted"
+# What it carries when a user loses access to the topic, before the user id.
+REVOKED = b"revoked:"
 
 
 class Keys:
@@ -68,6 +73,8 @@ class Keys:
             of("seq", name),
             of("ring", name),
             of("ringbytes", name),
+            of("policies", ""),
+            of("members", name),
         ]
 
     def delete(self, name: str) -> list[str]:
@@ -82,7 +89,13 @@ class Keys:
             of("owned", ""),
             of("ringbytes", name),
             of("idemkeys", name),
+            of("policies", ""),
+            of("members", name),
         ]
+
+    def access(self, name: str) -> list[str]:
+        """Return the KEYS of MEMBER, in its order."""
+        return [self.topics, self.of("members", name), self.of("chan", name)]
 
 
 def pack_message(message_id: str, payload: bytes, timestamp: float) -> bytes:
@@ -114,10 +127,13 @@ def read_entry(topic: str, entry: bytes) -> Event:
 
 
 # KEYS: topics, seq, ring, chan, idem, ringbytes, idemkeys
-# ARGV: name, body, ring size, idempotency ttl ('' = none), ring bytes, keys kept, head
+# ARGV: name, body, ring size, idempotency ttl ('' = none), ring bytes, keys kept, head,
+#       the creation id (epoch) whose access the caller checked ('' = none checked)
 PUBLISH = """
 local epoch = redis.call('HGET', KEYS[1], ARGV[1])
 if not epoch then return {-1, ''} end
+-- The access the caller checked belongs to another creation of this name.
+if ARGV[8] ~= '' and ARGV[8] ~= epoch then return {-2, ''} end
 local idem = ARGV[4] ~= ''
 if idem then
   local prev = redis.call('GET', KEYS[5])
@@ -159,7 +175,8 @@ redis.call('PUBLISH', KEYS[4], entry)
 return {seq, entry}
 """
 
-# KEYS: topics, owners, owned, seq, ring, ringbytes; ARGV: name, epoch, owner, max, per user
+# KEYS: topics, owners, owned, seq, ring, ringbytes, policies, members
+# ARGV: name, epoch, owner, max, per user, policies
 CREATE = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
 local most = tonumber(ARGV[4])
@@ -168,23 +185,48 @@ local per_user = tonumber(ARGV[5])
 if per_user > 0 and tonumber(redis.call('HGET', KEYS[3], ARGV[3]) or '0') >= per_user then
   return -2
 end
-redis.call('DEL', KEYS[4], KEYS[5], KEYS[6])
+redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[8])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[7], ARGV[1], ARGV[6])
 redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
 return 1
 """
 
-# KEYS: topics, seq, ring, chan, owners, owned, ringbytes, idemkeys; ARGV: name
+# KEYS: topics, seq, ring, chan, owners, owned, ringbytes, idemkeys, policies, members
+# ARGV: name, the creation id (epoch) the caller checked ('' = any)
 DELETE = """
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+local epoch = redis.call('HGET', KEYS[1], ARGV[1])
+if not epoch then return 0 end
+-- The access the caller checked belongs to another creation of this name.
+if ARGV[2] and ARGV[2] ~= '' and ARGV[2] ~= epoch then return -1 end
+redis.call('HDEL', KEYS[1], ARGV[1])
 local owner = redis.call('HGET', KEYS[5], ARGV[1])
 if owner then
   redis.call('HDEL', KEYS[5], ARGV[1])
   if redis.call('HINCRBY', KEYS[6], owner, -1) <= 0 then redis.call('HDEL', KEYS[6], owner) end
 end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[7], KEYS[8])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[7], KEYS[8], KEYS[10])
+redis.call('HDEL', KEYS[9], ARGV[1])
 redis.call('PUBLISH', KEYS[4], 'deleted')
+return 1
+"""
+
+# KEYS: topics, members, chan; ARGV: name, "add" | "remove", user id, "1" to revoke
+# Changes a live topic's members and tells every worker listening to its channel, in its
+# event order: "revoked:<user>" ends that user's subscriptions, "access" refreshes caches.
+MEMBER = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+if ARGV[2] == 'add' then
+  redis.call('SADD', KEYS[2], ARGV[3])
+else
+  redis.call('SREM', KEYS[2], ARGV[3])
+end
+if ARGV[4] == '1' then
+  redis.call('PUBLISH', KEYS[3], 'revoked:' .. ARGV[3])
+else
+  redis.call('PUBLISH', KEYS[3], 'access')
+end
 return 1
 """
 
