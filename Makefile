@@ -55,7 +55,8 @@ $(BENCH_VENV)/bin/activate: bench/requirements.txt
 	$(BENCH_VENV)/bin/pip install --quiet -r bench/requirements.txt
 	touch $(BENCH_VENV)/bin/activate
 
-# The standard set against the gateway, Flask-SocketIO and the ceiling server (see bench/README.md).
+# The standard set against the gateway (memory broker; Redis with 1 and 2 workers, needs redis-server),
+# Flask-SocketIO and the ceiling server (see bench/README.md).
 bench: $(BIN)/activate $(BENCH_VENV)/bin/activate ## Standard benchmark set in .venv-bench (options in BENCH_ARGS; see bench/README.md)
 	$(BENCH_VENV)/bin/python bench/run_standard.py --gateway-python $(BIN)/python $(BENCH_ARGS)
 

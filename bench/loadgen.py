@@ -3,6 +3,9 @@
 
 Fan-out mode (default): S subscribers on one topic, P publishers send M messages in total,
 either as fast as a bounded window of outstanding acks allows or at --rate msgs/s.
+With --topics N (multi-topic): N fresh topics, each with its own S subscribers, P publishers
+and M messages (at --rate msgs/s each), all driven at once from this one process;
+deliveries/s and the latency percentiles are over all topics together.
 Idle mode (--idle N): N authenticated, subscribed connections that only exchange heartbeats;
 reports the server's RSS per connection.
 
@@ -391,6 +394,16 @@ def latency_summary(lat: array.array) -> dict[str, float]:
     }
 
 
+class Topic:
+    """One topic of a fan-out run: its connections and how many messages went to it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.subs: list[Conn] = []
+        self.pubs: list[Conn] = []
+        self.sent = 0
+
+
 class Run:
     """One load-generator run: setup, load, and the report."""
 
@@ -404,6 +417,9 @@ class Run:
             "wss" if u.scheme in ("https", "wss") else "ws"
         ) + f"://{self.host}:{self.port}"
         self.topic = args.topic or f"bench-{os.getpid()}-{int(time.time() * 1000)}"
+        n_topics = 1 if args.idle else args.topics
+        names = [self.topic] if n_topics == 1 else [f"{self.topic}-{k}" for k in range(n_topics)]
+        self.topics = [Topic(name) for name in names]
         self.token = ""
         self.subs: list[Conn] = []
         self.pubs: list[Conn] = []
@@ -439,7 +455,7 @@ class Run:
             conn.close()
 
     def rest_setup(self) -> None:
-        """Register (or log in) and create the topic."""
+        """Register (or log in) and create the topic(s)."""
         creds = {"username": self.args.username, "password": self.args.password}
         status, data = self.http("POST", "/users/register", creds)
         if status == 409:
@@ -447,9 +463,10 @@ class Run:
         if status not in (200, 201) or "token" not in data:
             raise RuntimeError(f"auth failed: HTTP {status} {data}")
         self.token = data["token"]
-        status, data = self.http("POST", "/topics", {"name": self.topic})
-        if status not in (201, 409):
-            raise RuntimeError(f"topic create failed: HTTP {status} {data}")
+        for t in self.topics:
+            status, data = self.http("POST", "/topics", {"name": t.name})
+            if status not in (201, 409):
+                raise RuntimeError(f"topic {t.name} create failed: HTTP {status} {data}")
 
     def ws_url(self) -> str:
         if self.args.protocol == "socketio":
@@ -469,8 +486,8 @@ class Run:
         await asyncio.wait_for(conn.ready, self.args.connect_timeout)
         return conn
 
-    async def open_many(self, n: int, subscribe: bool) -> list[Conn]:
-        """Open n connections (subscribed to the topic if asked), bounded concurrency."""
+    async def open_many(self, n: int, topic: str | None) -> list[Conn]:
+        """Open n connections (subscribed to topic unless None), bounded concurrency."""
         sem = asyncio.Semaphore(self.args.connect_concurrency)
         out: list[Conn] = []
 
@@ -479,8 +496,8 @@ class Run:
                 conn = None
                 try:
                     conn = await self.connect()
-                    if subscribe:
-                        await conn.subscribe(self.topic, self.args.connect_timeout)
+                    if topic is not None:
+                        await conn.subscribe(topic, self.args.connect_timeout)
                     out.append(conn)
                 except Exception as exc:
                     self.connect_errors += 1
@@ -492,48 +509,57 @@ class Run:
         return out
 
     # publishing -------------------------------------------------------------------------
-    def publish_frame(self, i: int) -> bytes:
+    def publish_frame(self, topic: str, i: int) -> bytes:
         msg = {"id": f"m{i}", "payload": {"t": time_ns(), "pad": self.pad}}
         if self.args.protocol == "socketio":
-            return b"42%d" % (i + 1) + dumps(["publish", {"topic": self.topic, "message": msg}])
-        return dumps(
-            {"type": "publish", "topic": self.topic, "request_id": f"p{i}", "message": msg}
-        )
+            return b"42%d" % (i + 1) + dumps(["publish", {"topic": topic, "message": msg}])
+        return dumps({"type": "publish", "topic": topic, "request_id": f"p{i}", "message": msg})
 
-    def publish(self, pub: Conn, i: int) -> None:
+    def publish(self, t: Topic, pub: Conn, i: int) -> None:
         if not self.st.first_publish_ns:
             self.st.first_publish_ns = time_ns()
         pub.outstanding += 1
-        pub.send(self.publish_frame(i))
+        pub.send(self.publish_frame(t.name, i))
+        t.sent += 1
         self.sent += 1
 
     async def publish_max_rate(self) -> None:
-        """Each publisher keeps at most --window publishes without an ack."""
-        m, p = self.args.messages, len(self.pubs)
+        """Each publisher keeps at most --window publishes without an ack (all topics at once)."""
+        m = self.args.messages
 
-        async def run_one(k: int, pub: Conn) -> None:
-            for i in range(k, m, p):
+        async def run_one(t: Topic, k: int, pub: Conn) -> None:
+            for i in range(k, m, len(t.pubs)):
                 while pub.outstanding >= pub.window:
                     pub.window_open.clear()
                     await pub.window_open.wait()
                     if pub.transport.is_disconnected:
                         return
-                self.publish(pub, i)
+                self.publish(t, pub, i)
 
-        await asyncio.gather(*(run_one(k, pub) for k, pub in enumerate(self.pubs)))
+        await asyncio.gather(
+            *(run_one(t, k, pub) for t in self.topics for k, pub in enumerate(t.pubs))
+        )
 
     async def publish_paced(self) -> None:
-        """Open loop: message i leaves at start + i/rate, round-robin over publishers."""
-        m, rate, p = self.args.messages, self.args.rate, len(self.pubs)
+        """Open loop: per topic, message i leaves at start + i/rate, round-robin over publishers."""
+        m, rate = self.args.messages, self.args.rate
         start = time.monotonic()
-        i = 0
-        while i < m:
-            due = min(m, int((time.monotonic() - start) * rate) + 1)
-            while i < due:
-                self.publish(self.pubs[i % p], i)
-                i += 1
-            if i < m:
-                await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+
+        async def run_one(t: Topic) -> None:
+            p = len(t.pubs)
+            i = 0
+            while i < m:
+                due = min(m, int((time.monotonic() - start) * rate) + 1)
+                while i < due:
+                    self.publish(t, t.pubs[i % p], i)
+                    i += 1
+                if i < m:
+                    await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+
+        await asyncio.gather(*(run_one(t) for t in self.topics))
+
+    def expected(self) -> int:
+        return sum(len(t.subs) * t.sent for t in self.topics)
 
     async def wait_drained(self, expected: int) -> None:
         """Return once everything arrived, or nothing moved for --drain-idle seconds."""
@@ -566,11 +592,16 @@ class Run:
         r = self.report
         t0 = time.monotonic()
         self.phase = "connect"
-        self.subs = await self.open_many(a.subscribers, subscribe=True)
-        self.pubs = await self.open_many(a.publishers, subscribe=False)
+        for t in self.topics:
+            t.subs = await self.open_many(a.subscribers, t.name)
+            self.subs += t.subs
+        for t in self.topics:
+            t.pubs = await self.open_many(a.publishers, None)
+            self.pubs += t.pubs
         r["connect_s"] = round(time.monotonic() - t0, 2)
-        if not self.pubs:
-            raise RuntimeError("no publisher could connect")
+        for t in self.topics:
+            if not t.pubs:
+                raise RuntimeError(f"no publisher could connect (topic {t.name})")
         for pub in self.pubs:
             pub.window = a.window if not a.rate else 1 << 62
         await asyncio.sleep(a.settle)
@@ -582,7 +613,7 @@ class Run:
             await self.publish_max_rate()
         self.st.last_progress = time.monotonic()
         self.phase = "drain"
-        await self.wait_drained(len(self.subs) * self.sent)
+        await self.wait_drained(self.expected())
 
     async def idle(self) -> None:
         a = self.args
@@ -591,7 +622,7 @@ class Run:
         base = await self.settled_rss()
         t0 = time.monotonic()
         self.phase = "connect"
-        self.idle_conns = await self.open_many(a.idle, subscribe=True)
+        self.idle_conns = await self.open_many(a.idle, self.topic)
         r["connect_s"] = round(time.monotonic() - t0, 2)
         after = await self.settled_rss()
         n = len(self.idle_conns)
@@ -673,8 +704,9 @@ class Run:
             # anything else on the machine (other tests, builds) skews the figures: say how much
             r["other_cpu_pct"] = round(max(0.0, 100 * (busy1 - busy0 - server - client) / wall), 1)
             r["cpus"] = os.cpu_count()
+            r["client_processes"] = 1  # every topic and connection: one process, one event loop
         if not a.idle:
-            expected = len(self.subs) * self.sent
+            expected = self.expected()
             span = (st.last_delivery_ns - st.first_publish_ns) / 1e9 if st.last_delivery_ns else 0
             pub_span = (st.last_ack_ns - st.first_publish_ns) / 1e9 if st.last_ack_ns else 0
             per_sub = [c.events for c in self.subs] or [0]
@@ -696,6 +728,18 @@ class Run:
                 publish_rate=round(st.acks / pub_span) if pub_span > 0 else 0,
                 latency_ms=latency_summary(st.latencies),
             )
+            if len(self.topics) > 1:
+                r["per_topic"] = [
+                    {
+                        "topic": t.name,
+                        "subscribed": len(t.subs),
+                        "publishers_connected": len(t.pubs),
+                        "published": t.sent,
+                        "received": sum(c.events for c in t.subs),
+                        "lost": len(t.subs) * t.sent - sum(c.events for c in t.subs),
+                    }
+                    for t in self.topics
+                ]
         r.update(
             heartbeats=st.heartbeats,
             pongs=st.pongs,
@@ -731,6 +775,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--payload-bytes", type=int, default=100, help="length of the pad string per message"
     )
     p.add_argument("--topic", default="", help="topic name (default: a fresh unique one)")
+    p.add_argument(
+        "--topics",
+        type=int,
+        default=1,
+        help="fan-out over N topics named <topic>-<k>: -s, -p, -m and --rate are then per topic",
+    )
     p.add_argument("--idle", type=int, default=0, help="idle mode: open N subscribed connections")
     p.add_argument(
         "--idle-hold", type=float, default=10, help="seconds to keep idle connections open"
@@ -760,8 +810,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="orjson-parse every event (default: find-based fast path for compact events)",
     )
     args = p.parse_args(argv)
-    if args.subscribers < 0 or args.publishers < 1 or args.messages < 0 or args.window < 1:
-        p.error("need subscribers >= 0, publishers >= 1, messages >= 0, window >= 1")
+    if (
+        args.subscribers < 0
+        or args.publishers < 1
+        or args.messages < 0
+        or args.window < 1
+        or args.topics < 1
+    ):
+        p.error("need subscribers >= 0, publishers >= 1, messages >= 0, window >= 1, topics >= 1")
     return args
 
 
@@ -769,6 +825,7 @@ def params_of(args: argparse.Namespace) -> dict:
     keys = (
         "protocol",
         "url",
+        "topics",
         "subscribers",
         "publishers",
         "messages",
@@ -786,7 +843,7 @@ def params_of(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     fd_limit = raise_fd_limit()
-    need = (args.idle or args.subscribers + args.publishers) + 64
+    need = (args.idle or (args.subscribers + args.publishers) * args.topics) + 64
     if fd_limit < need:
         print(f"warning: RLIMIT_NOFILE {fd_limit} < {need} sockets needed", file=sys.stderr)
     head = {"params": params_of(args), "mode": "idle" if args.idle else "fanout"}
@@ -816,7 +873,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
     report = runner(run.main())
     dog.cancel()
-    head["topic"] = run.topic
+    head["topic"] = run.topic if len(run.topics) == 1 else [t.name for t in run.topics]
     sys.stdout.write(dumps({**head, **report}).decode() + "\n")
     sys.stdout.flush()
     return 1 if report.get("errors", {}).get("fatal") else 0

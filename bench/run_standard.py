@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Run the standard benchmark set against the gateway and the two peers; print a table.
 
-For each server (gateway, socketio, ceiling) and each repeat: start the server on a free port,
-run idle, steady and the two saturated fan-out runs with loadgen.py, stop the server.
+For each server (gateway on the memory broker, gateway on Redis with 1 and with 2 workers,
+socketio, ceiling) and each repeat: start the server on a free port, run idle, steady, the two
+saturated fan-out runs and the multi-topic run with loadgen.py, stop the server.
 Results go to bench/results/<timestamp>.json; the markdown table goes to stdout.
 
-    python bench/run_standard.py                    # the standard set (about 3-5 minutes)
-    python bench/run_standard.py --quick            # a smaller set (under a minute)
+    python bench/run_standard.py                    # the standard set (about 8 minutes)
+    python bench/run_standard.py --quick            # a smaller set (about 2 minutes)
     python bench/run_standard.py --repeat 3         # medians of three
     python bench/run_standard.py --servers ceiling,socketio
 """
@@ -40,15 +41,19 @@ STANDARD = [
     ("steady", {"subscribers": 1000, "messages": 200, "rate": 20}, 30),
     ("fanout", {"subscribers": 1000, "messages": 2000}, 60),
     ("fanout", {"subscribers": 100, "messages": 20000}, 60),
+    # 4 topics at once, each with its own 250 subscribers and 1 publisher sending 2000 messages
+    ("multi", {"topics": 4, "subscribers": 250, "messages": 2000}, 60),
 ]
 QUICK = [
     ("idle", {"idle": 300, "idle_hold": 4, "idle_ping": 2}, 25),
     ("steady", {"subscribers": 200, "messages": 100, "rate": 20}, 20),
     ("fanout", {"subscribers": 200, "messages": 500}, 30),
     ("fanout", {"subscribers": 50, "messages": 2000}, 30),
+    ("multi", {"topics": 4, "subscribers": 50, "messages": 500}, 30),
 ]
-HEARTBEAT_S = 5
-CONTENDED_PCT = 20  # other processes' CPU during a run above this: the figures are low  # server heartbeat while benchmarking, so idle connections see traffic
+DEFAULT_SERVERS = "gateway,gateway-redis-1w,gateway-redis-2w,socketio,ceiling"
+HEARTBEAT_S = 5  # server heartbeat while benchmarking, so idle connections see traffic
+CONTENDED_PCT = 20  # other processes' CPU during a run above this: the figures are low
 
 
 def free_port() -> int:
@@ -114,26 +119,44 @@ class Server:
         )
         self.log_path = Path(args.log_dir) / f"server-{name}-{self.port}.log"
         self.redis = None
-        if name.startswith("gateway-redis"):
-            redis_port = free_port()
-            self.redis = subprocess.Popen(
-                ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1"]
-                + ["--save", "", "--appendonly", "no"],
-                stdout=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            env["BROKER_URL"] = f"redis://127.0.0.1:{redis_port}/0"
-            time.sleep(0.3)  # redis-server listens within milliseconds; the gateway retries
-        with open(self.log_path, "wb") as log:  # the child keeps its own copy of the fd
-            self.proc = subprocess.Popen(
-                cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        self.proc: subprocess.Popen | None = None
+        self.start_error = ""
+        try:
+            if name.startswith("gateway-redis"):
+                redis_port = free_port()
+                self.redis = subprocess.Popen(
+                    ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1"]
+                    + ["--save", "", "--appendonly", "no"],
+                    stdout=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+                env["BROKER_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+                time.sleep(0.3)  # redis-server listens within milliseconds; the gateway retries
+            with open(self.log_path, "wb") as log:  # the child keeps its own copy of the fd
+                self.proc = subprocess.Popen(
+                    cmd,
+                    cwd=cwd,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        except OSError as exc:  # no redis-server (or interpreter) on this machine
+            self.start_error = f"{type(exc).__name__}: {exc}"
+
+    @property
+    def pids(self) -> list[int]:
+        """What loadgen measures as "the server": gunicorn (it adds the workers) and Redis."""
+        assert self.proc is not None
+        return [self.proc.pid] + ([self.redis.pid] if self.redis is not None else [])
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 30) -> bool:
+        if self.proc is None:
+            return False
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:
@@ -151,12 +174,12 @@ class Server:
         return False
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> int | None:
         """SIGTERM the group, wait, then SIGKILL; return the exit code (None if killed)."""
         try:
-            return self._stop()
+            return self._stop() if self.proc is not None else None
         finally:
             if self.redis is not None:
                 self.redis.terminate()
@@ -177,17 +200,12 @@ class Server:
 
 
 def loadgen_argv(
-    protocol: str, url: str, pid: int, params: dict, timeout: float, payload: int
+    protocol: str, url: str, pids: list[int], params: dict, timeout: float, payload: int
 ) -> list[str]:
-    argv = [
-        sys.executable,
-        str(LOADGEN),
-        "--protocol",
-        protocol,
-        "--url",
-        url,
-        "--server-pid",
-        str(pid),
+    argv = [sys.executable, str(LOADGEN), "--protocol", protocol, "--url", url]
+    for pid in pids:
+        argv += ["--server-pid", str(pid)]
+    argv += [
         "--timeout",
         str(timeout),
         "--payload-bytes",
@@ -215,6 +233,11 @@ def run_loadgen(argv: list[str], timeout: float) -> dict:
 def label(name: str, params: dict) -> str:
     if name == "idle":
         return f"idle {params['idle']} conns"
+    if params.get("topics", 1) > 1:
+        return (
+            f"multi {params['topics']} topics x {params['subscribers']} subs"
+            f" x {params['messages']} msgs"
+        )
     if params.get("rate"):
         return f"steady {params['subscribers']} subs x {params['rate']:g} msg/s"
     return f"fanout {params['subscribers']} subs x {params['messages']} msgs"
@@ -314,7 +337,11 @@ def main() -> int:
     p.add_argument(
         "--repeat", type=int, default=1, help="repeat the set N times and report medians"
     )
-    p.add_argument("--servers", default="gateway,socketio,ceiling")
+    p.add_argument(
+        "--servers",
+        default=DEFAULT_SERVERS,
+        help=f"comma-separated; gateway-redis-<N>w = N workers on a Redis (default {DEFAULT_SERVERS})",
+    )
     p.add_argument("--payload-bytes", type=int, default=100)
     p.add_argument("--gateway-dir", default=str(ROOT))
     p.add_argument("--gateway-python", default=str(ROOT / ".venv" / "bin" / "python"))
@@ -345,7 +372,7 @@ def main() -> int:
                         code = server.stop()
                         print(
                             f"[{name}] server did not become ready (exit {code}); see "
-                            f"{server.log_path}",
+                            f"{server.log_path} {server.start_error}",
                             file=sys.stderr,
                         )
                         raw.append(
@@ -354,7 +381,12 @@ def main() -> int:
                                 "repeat": rep,
                                 "name": run_name,
                                 "label": label(run_name, params),
-                                "report": {"errors": {"server_not_ready": 1}},
+                                "report": {
+                                    "errors": {"server_not_ready": 1},
+                                    "error_samples": [server.start_error]
+                                    if server.start_error
+                                    else [],
+                                },
                             }
                         )
                         server = None
@@ -362,7 +394,7 @@ def main() -> int:
                 t0 = time.monotonic()
                 protocol = "gateway" if name.startswith("gateway") else name
                 argv = loadgen_argv(
-                    protocol, server.url, server.proc.pid, params, timeout, args.payload_bytes
+                    protocol, server.url, server.pids, params, timeout, args.payload_bytes
                 )
                 report = run_loadgen(argv, timeout)
                 report["server_alive_after"] = server.alive()
@@ -413,6 +445,7 @@ def main() -> int:
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
+        "load_client": "one loadgen.py process per run: one asyncio event loop, one core at most",
         "total_s": round(time.monotonic() - started, 1),
         "server_logs": args.log_dir,
         "summary": summary,
