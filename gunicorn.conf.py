@@ -148,7 +148,14 @@ def post_worker_init(worker):
 
 
 def worker_exit(server, worker):
-    """Wait for the WebSocket drain: open WebSockets are not gunicorn's requests any more."""
+    """Wait for the WebSocket drain (open WebSockets are not gunicorn's requests), then close
+    the broker."""
     drain = getattr(worker, "gateway_drain", None)  # also called in the master: no drain
     if drain is not None:
         drain.join(_settings.shutdown_grace_seconds + 2)
+    # Leave the cluster now, not when this worker's heartbeat expires: its subscriber and
+    # connection counts stop counting at once on every other worker.
+    app = getattr(worker, "wsgi", None)
+    extensions = getattr(app, "extensions", None) or {}
+    if "gateway" in extensions:
+        extensions["gateway"].broker.close()

@@ -70,7 +70,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     user_store = _make_user_store(app, settings)
     state = GatewayState(
         settings=settings,
-        broker=_make_broker(settings),
+        broker=_make_broker(settings).start(),
         users=user_store,
         registry=Registry(
             settings.heartbeat_interval,
@@ -83,6 +83,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     # The Flask dev server ends on Ctrl-C by returning from serve_forever; draining here
     # gives its open WebSockets the same goodbye that SIGTERM gives them under gunicorn.
     atexit.register(_drain_at_exit, weakref.ref(state.registry))
+    atexit.register(_close_at_exit, weakref.ref(state.broker))
 
     from blueprints import messages, topics, users, ws
 
@@ -186,6 +187,12 @@ def _answer_preflights(app: Flask) -> None:
         ):
             return app.response_class(status=204)
         return None
+
+
+def _close_at_exit(broker_ref: weakref.ref) -> None:
+    broker = broker_ref()
+    if broker is not None:
+        broker.close()
 
 
 def _drain_at_exit(registry_ref: weakref.ref) -> None:

@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote, urlsplit
 
 
 class ConfigError(Exception):
@@ -32,6 +33,17 @@ DEEPEST_JSON = 250
 # The shortest JWT_SECRET_KEY accepted: HS256 keys shorter than its 32-byte output are
 # guessable offline from any one token (RFC 7518 §3.2 asks for at least this much).
 MIN_SECRET_BYTES = 32
+
+# BROKER_URL schemes besides memory://: one Redis, or a master that Redis Sentinel watches.
+REDIS_SCHEMES = ("redis://", "rediss://")
+SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+SENTINEL_FORM = "redis+sentinel://[:password@]host:port[,host:port...]/<master-name>[/<db>]"
+# One sentinel address: host, [v6 address] or name, then an optional :port. The same rules
+# as gateway.brokers.redis.client.parse_sentinel_url, which cannot be imported here (it
+# loads redis, and this module runs before gevent patches the worker).
+_SENTINEL_HOST = re.compile(
+    r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[^\s:\[\]/,@]+))(?::(?P<port>[^:]*))?"
+)
 
 _RATE = re.compile(r"\s*(\d+)\s*(?:/|per)\s*(second|minute|hour)s?\s*", re.I)
 _PERIODS = {"second": 1, "minute": 60, "hour": 3600}
@@ -120,6 +132,58 @@ def _database_url(env: Mapping[str, str]) -> str | None:
     return url
 
 
+def _broker_url(env: Mapping[str, str]) -> str:
+    url = env.get("BROKER_URL", "").strip() or "memory://"
+    if url == "memory://" or url.startswith(REDIS_SCHEMES):
+        return url
+    if url.lower().startswith(SENTINEL_SCHEMES):
+        problem = sentinel_url_problem(url)
+        if problem is not None:
+            # The problem never quotes the password; the URL is not repeated for that reason.
+            raise ConfigError(f"BROKER_URL {problem}; expected {SENTINEL_FORM}")
+        return url
+    scheme = url.split("://", 1)[0]
+    raise ConfigError(
+        f"BROKER_URL scheme {scheme!r} is not supported: use memory://, redis://host:port/db "
+        f"or {SENTINEL_FORM}"
+    )
+
+
+def sentinel_url_problem(url: str) -> str | None:
+    """Say what is wrong with a redis+sentinel:// BROKER_URL (never quoting its password)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # unbalanced [ ] around an IPv6 address
+        return f"is malformed ({exc})"
+    hostlist = parts.netloc.rpartition("@")[2]
+    if not hostlist.strip():
+        return "names no sentinel host"
+    for item in hostlist.split(","):
+        item = item.strip()
+        match = _SENTINEL_HOST.fullmatch(item)
+        if not item or match is None:
+            return f"has an empty or malformed sentinel address {item!r}"
+        port = match["port"]
+        if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+            host = match["ipv6"] or match["name"]
+            return f"has a bad port {port!r} for sentinel {host!r} (1-65535)"
+    path = [unquote(p) for p in parts.path.split("/")[1:]]
+    if path and path[-1] == "":
+        path.pop()
+    if not path or not path[0].strip():
+        return "names no master: add /<master-name> (as in `sentinel monitor`)"
+    if len(path) > 2:
+        return "has a path beyond /<master-name>/<db>"
+    if any(c.isspace() for c in path[0]):
+        return f"has a master name with spaces {path[0]!r}"
+    if len(path) == 2 and not path[1].isdigit():
+        return f"has a bad database number {path[1]!r} (0, 1, ...)"
+    unknown = sorted(set(parse_qs(parts.query, keep_blank_values=True)) - {"sentinel_password"})
+    if unknown:
+        return f"has unknown options {unknown} (only sentinel_password is known)"
+    return None
+
+
 def _rate(env: Mapping[str, str], name: str, default: str) -> Rate | None:
     raw = env.get(name, "").strip() or default
     if raw == "0":
@@ -163,12 +227,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from environment variables, raising ConfigError on bad values."""
     env = os.environ if env is None else env
     secret = _secret(env)
-    broker_url = env.get("BROKER_URL", "").strip() or "memory://"
-    if broker_url != "memory://" and not broker_url.startswith(("redis://", "rediss://")):
-        scheme = broker_url.split("://", 1)[0]
-        raise ConfigError(
-            f"BROKER_URL scheme {scheme!r} is not supported: use memory:// or redis://host:port/db"
-        )
+    broker_url = _broker_url(env)
     return Settings(
         jwt_secret_key=secret,
         allowed_origins=_list(env, "ALLOWED_CORS_ORIGIN"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -89,7 +90,7 @@ def make_broker(request):
                 encode,
                 prefix=prefix,
                 quotas=quotas,
-            )
+            ).start()
             broker.prefix = prefix
         made.append(broker)
         return broker
@@ -500,3 +501,54 @@ def test_removing_a_member_with_revoke_ends_their_subscriptions_only(make_broker
     broker.publish("t", "3", enc(3))
     reader.wait(lambda r: r.seqs() == [3])
     assert reader.revoked == []
+
+
+def test_topic_names_with_colons_and_braces_never_share_state(make_broker):
+    # Redis keys are "<prefix>:<kind>:<name>": names that look like other keys or hash tags
+    # must still be topics of their own.
+    broker = make_broker(ring_size=10)
+    names = ["x", "ring:x", "seq:x", "x:ring", "{x}", "a:b{c}:d", "chan:x", "idem:1:x"]
+    for name in names:
+        broker.create_topic(name, owner="o")
+    for count, name in enumerate(names, 1):
+        for i in range(count):
+            assert broker.publish(name, f"{name}-{i}", enc(i)).seq == i + 1
+    for count, name in enumerate(names, 1):
+        history = broker.history(name)
+        assert [e.id for e in history.events] == [f"{name}-{i}" for i in range(count)], name
+        s = Recorder()
+        assert len(broker.subscribe(name, s, last_n=100).replay) == count
+    assert {i.name: i.messages for i in broker.topics()} == {n: c for c, n in enumerate(names, 1)}
+    broker.delete_topic("ring:x")
+    assert broker.history("x").seq == 1  # "x" kept its own ring and seq
+
+
+def test_creating_a_topic_while_others_publish_never_reuses_a_seq(make_broker):
+    # Deleted and created again under publishing load: within each creation (epoch) the seqs
+    # given out are 1, 2, 3... with no number given twice.
+    broker = make_broker(ring_size=1000)
+    broker.create_topic("t")
+    stop = threading.Event()
+
+    def publisher() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TopicNotFound):
+                broker.publish("t", "m", enc(None))
+
+    threads = [threading.Thread(target=publisher) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    epochs = []
+    try:
+        for _ in range(20):
+            broker.delete_topic("t")
+            broker.create_topic("t")
+            epochs.append(broker.history("t", limit=1000).epoch)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    assert len(set(epochs)) == len(epochs)
+    last = broker.history("t", limit=1000)
+    # The last creation's ring holds exactly 1..seq, each once.
+    assert [e.seq for e in last.events] == list(range(1, last.seq + 1))

@@ -27,7 +27,7 @@ def make_broker(server):
     made = []
 
     def make(ring_size: int = 100) -> RedisBroker:
-        broker = RedisBroker(server.url, ring_size, encode)
+        broker = RedisBroker(server.url, ring_size, encode).start()
         made.append(broker)
         return broker
 

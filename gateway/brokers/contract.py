@@ -320,5 +320,9 @@ class Broker(ABC):
         """Return what keeps the broker from serving, by check name (empty: ready)."""
         return {}
 
+    def start(self) -> Broker:
+        """Start what the broker runs in the background; return the broker."""
+        return self
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources held by the broker."""

@@ -123,9 +123,11 @@ def _make_limiter(app: Flask, broker_url: str) -> Limiter:
     if broker_url == "memory://":
         return Limiter(_client_ip, app=app, storage_uri="memory://", strategy="fixed-window")
     # Imported only when used: redis must load after gevent has patched the worker.
-    import redis
+    from gateway.brokers.redis.client import blocking_pool, is_sentinel_url
 
-    pool = redis.BlockingConnectionPool.from_url(
+    # A Sentinel URL gets a pool that follows the master; the limits library then only needs
+    # to know that it talks to Redis (its own Sentinel storage reads the URL differently).
+    pool = blocking_pool(
         broker_url,
         max_connections=_POOL_SIZE,
         timeout=_POOL_TIMEOUT,
@@ -138,7 +140,7 @@ def _make_limiter(app: Flask, broker_url: str) -> Limiter:
     return Limiter(
         _client_ip,
         app=app,
-        storage_uri=broker_url,
+        storage_uri="redis://" if is_sentinel_url(broker_url) else broker_url,
         storage_options={"connection_pool": pool},
         strategy="fixed-window",
         in_memory_fallback_enabled=True,

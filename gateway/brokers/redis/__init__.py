@@ -9,8 +9,8 @@ connections through the same `Fanout` as the memory broker.
 `broker` holds the operations (RedisBroker), `scripts` the key layout and the Lua scripts,
 `client` the bounded connection pool, `listener` the pub/sub listener and its gap repair,
 `counts` the subscriber and connection counts across workers and their heartbeat.
-gateway.app imports this package only for a redis:// BROKER_URL, inside the factory:
-redis must load after gevent has patched the worker.
+gateway.app imports this package only for a Redis BROKER_URL (redis://, rediss:// or
+redis+sentinel://), inside the factory: redis must load after gevent has patched the worker.
 """
 
 from __future__ import annotations

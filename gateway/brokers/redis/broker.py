@@ -9,6 +9,7 @@ sum every live worker's. Topic access (owner, policies, members) is `AccessStore
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import uuid
@@ -81,8 +82,22 @@ class RedisBroker(Broker):
             encode,
             self._stopping,
         )
-        self._listener_loop = Loop("redis-listener", self._listener.run, self._stopping).start()
-        self._beat = Loop("redis-heartbeat", self._counts.heartbeat, self._stopping).start()
+        self._listener_loop: Loop | None = None
+        self._beat: Loop | None = None
+
+    def start(self) -> RedisBroker:
+        """Start the listener and the heartbeat, once, in the process that serves.
+
+        Under gunicorn that is the worker, after gevent patched it: refuse to start where
+        redis would block the whole event loop (redis loaded unpatched).
+        """
+        if self._listener_loop is None:
+            _check_cooperative()
+            self._listener_loop = Loop("redis-listener", self._listener.run, self._stopping)
+            self._beat = Loop("redis-heartbeat", self._counts.heartbeat, self._stopping)
+            self._listener_loop.start()
+            self._beat.start()
+        return self
 
     # Broker ------------------------------------------------------------------------------------
 
@@ -312,14 +327,35 @@ class RedisBroker(Broker):
             self._redis.ping()
         except redis.RedisError as exc:
             found["broker"] = f"redis unreachable: {exc}"
-        if not self._listener_loop.running:
+        if self._listener_loop is None:
+            found["listener"] = "the Redis listener has not been started"
+        elif not self._listener_loop.running:
             found["listener"] = "the Redis listener stopped and is being restarted"
         elif not self._listener.connected:
             found["listener"] = "the Redis listener is reconnecting"
         return found
 
     def close(self) -> None:
+        if self._stopping.is_set():
+            return  # closed already (worker_exit, then the process's exit)
         self._stopping.set()
         self._counts.leave()
         self._listener.close()
         self._redis.close()
+
+
+def _check_cooperative() -> None:
+    """Raise if gevent patched this process but redis would still block its event loop.
+
+    redis-py finds sockets and locks through the `socket` and `threading` modules at call
+    time, so patching after import is enough; this guards against a process where only part
+    of the standard library was patched (socket without threading, say).
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("socket"):
+        return
+    if not monkey.is_module_patched("threading"):
+        raise RuntimeError(
+            "gevent patched socket but not threading: redis's connection pool would block "
+            "the event loop; patch everything (gunicorn's gevent worker does)"
+        )

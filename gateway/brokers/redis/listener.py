@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 
 import redis
 
@@ -18,12 +19,14 @@ from gateway.brokers.contract import BrokerUnavailable, Encoder, Event, run_send
 from gateway.brokers.fanout import Fanout
 from gateway.brokers.redis.access import AccessStore
 from gateway.brokers.redis.counts import ClusterCounts
-from gateway.brokers.redis.scripts import DELETED, REVOKED, Keys, read_entry
+from gateway.brokers.redis.scripts import DELETED, REVOKED, REWIND, Keys, read_entry
 
 log = logging.getLogger("gateway.broker")
 
 _SUBSCRIBE_WAIT = 5.0
 _BACKOFF_MAX = 5.0
+# Messages Redis has already delivered that one burst handles before any socket is written.
+_BURST = 512
 
 
 class Listener:
@@ -58,6 +61,9 @@ class Listener:
         self._listening: dict[str, threading.Event] = {}
         self._last_seq: dict[str, int] = {}
         self._wanted: list[str] = []  # topics whose channel the listener should subscribe
+        self._channels = keys.of("chan", "")  # every topic channel's name starts so
+        # Socket writes made due by the burst being handled (_burst runs them at its end).
+        self._sends: list = []
         self.connected = False  # the listener holds a live pub/sub connection
 
     def listen_to(self, topic: str) -> None:
@@ -82,7 +88,6 @@ class Listener:
     def run(self) -> None:
         """Receive every subscribed channel; reconnect with capped backoff, repairing gaps."""
         backoff = 0.1
-        prefix = self._keys.of("chan", "")
         while not self._stopping.is_set():
             try:
                 if not self._pubsub.subscribed:
@@ -92,6 +97,8 @@ class Listener:
                 self._subscribe_wanted()
                 self.connected = True
                 message = self._pubsub.get_message(timeout=1.0)
+                if message is not None:
+                    self._burst(message)
             except Exception as exc:
                 self.connected = False
                 if self._stopping.is_set():
@@ -104,22 +111,39 @@ class Listener:
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
             backoff = 0.1
-            if message is None:
-                continue
-            channel = message["channel"].decode()
-            if not channel.startswith(prefix):
-                continue  # our own channel: a wake-up, handled by _subscribe_wanted
-            topic = channel.removeprefix(prefix)
-            try:
-                if message["type"] == "subscribe":
-                    self._on_subscribed(topic)
-                elif message["type"] == "message":
-                    self._on_message(topic, message["data"])
-            except redis.RedisError as exc:
-                log.warning("redis_listener_failed topic=%s error=%s", topic, exc)
-            except Exception:
-                # One bad entry must not silence the worker: log it and go on with the next.
-                log.exception("redis_listener_bad_message topic=%s", topic)
+
+    def _burst(self, message: dict) -> None:
+        """Handle `message` and whatever else Redis has delivered, then write to sockets once.
+
+        Events are queued to every local subscriber first; the socket writes they make due
+        run at the end, so a subscriber gets one write per burst instead of one per message
+        (get_message with timeout 0 reads only what is already buffered or on the socket).
+        """
+        try:
+            for _ in range(_BURST):
+                self._handle(message)
+                message = self._pubsub.get_message(timeout=0)
+                if message is None:
+                    break
+        finally:
+            sends, self._sends = self._sends, []
+            run_sends(sends)
+
+    def _handle(self, message: dict) -> None:
+        channel = message["channel"].decode()
+        if not channel.startswith(self._channels):
+            return  # our own channel: a wake-up, handled by _subscribe_wanted
+        topic = channel.removeprefix(self._channels)
+        try:
+            if message["type"] == "subscribe":
+                self._on_subscribed(topic)
+            elif message["type"] == "message":
+                self._on_message(topic, message["data"])
+        except redis.RedisError as exc:
+            log.warning("redis_listener_failed topic=%s error=%s", topic, exc)
+        except Exception:
+            # One bad entry must not silence the worker: log it and go on with the next.
+            log.exception("redis_listener_bad_message topic=%s", topic)
 
     def close(self) -> None:
         """Close the pub/sub connection (`stopping` is set: `run` returns)."""
@@ -138,19 +162,67 @@ class Listener:
             raise
 
     def _on_subscribed(self, topic: str) -> None:
-        """A channel (re)subscription is confirmed: start from its seq, or fill the gap."""
-        current = int(self._redis.get(self._keys.of("seq", topic)) or 0)
-        with self._lock:
-            last = self._last_seq.get(topic)
-            ready = self._listening.get(topic)
-        if last is None:
+        """A channel (re)subscription is confirmed: start from its seq, fill the gap, or rewind.
+
+        After a Sentinel failover (replication is asynchronous) or a restart that lost data,
+        Redis may hold less of the topic than this worker delivered: a lower seq (`_rewind`
+        moves the topic to a new epoch, its seq raised to what was delivered), or no topic at
+        all (deleted meanwhile, or its creation lost: its subscribers here are told it is
+        gone, as for a deletion). If Redis cannot be asked, the channel is subscribed again,
+        and its confirmation asks again.
+        """
+        try:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.get(self._keys.of("seq", topic))
+            pipe.hget(self._keys.topics, topic)
+            seq, epoch = pipe.execute()
+            current = int(seq or 0)
             with self._lock:
-                self._last_seq[topic] = current
-        elif current > last:
-            log.info("redis_resubscribed topic=%s missed=%d", topic, current - last)
-            self._repair(topic, last, current + 1)
+                last = self._last_seq.get(topic)
+                ready = self._listening.get(topic)
+            if last is None:
+                with self._lock:
+                    self._last_seq[topic] = current
+            elif current > last:
+                log.info("redis_resubscribed topic=%s missed=%d", topic, current - last)
+                self._repair(topic, last, current + 1)
+            elif last and epoch is None:
+                log.warning("redis_topic_lost topic=%s last=%d", topic, last)
+                self._on_notice(topic, DELETED)
+            elif current < last:
+                self._rewind(topic, epoch.decode(), current, last)
+        except (redis.ConnectionError, redis.TimeoutError):
+            with self._lock:
+                self._wanted.append(topic)
+            raise
         if ready is not None:
             ready.set()
+
+    def _rewind(self, topic: str, epoch: str, current: int, last: int) -> None:
+        """Move a topic whose seq went back (`current` < `last`) to a new epoch, seq >= `last`.
+
+        Live subscribers here lose nothing they were sent, and the next event they get has a
+        seq above `last`: none they already had is handed out again. A resume from the old
+        epoch gets `recovered: false` (the ring lost what Redis lost). Compare-and-set on
+        the epoch read: if another worker moved the topic meanwhile, read it again, and
+        move it once more only if its seq is still below what this worker delivered.
+        """
+        rewind = self._redis.register_script(REWIND)
+        keys = [self._keys.topics, self._keys.of("seq", topic)]
+        for _ in range(5):
+            moved, now_epoch, now_seq = rewind(
+                keys=keys, args=[topic, epoch, uuid.uuid4().hex, last]
+            )
+            if moved:
+                self._access.forget(topic)  # its cached epoch is the old one
+                log.warning("redis_topic_rewound topic=%s from=%d to=%d", topic, current, now_seq)
+                return
+            if not now_epoch:
+                return  # deleted meanwhile: the channel brings the notice
+            if now_seq >= last:
+                return  # another worker moved it (or it got past `last`) meanwhile
+            epoch, current = now_epoch.decode(), now_seq
+        log.warning("redis_topic_rewind_gave_up topic=%s from=%d to=%d", topic, current, last)
 
     def _on_notice(self, topic: str, data: bytes) -> None:
         """A channel message that is not an event: deletion, or a change of access."""
@@ -159,14 +231,13 @@ class Listener:
             # Counts first: once a subscriber hears of the deletion, /health agrees.
             self._counts.forget_topic(topic)
             with self._lock:
-                sends = self._fanout.drop_topic(topic)
+                self._sends += self._fanout.drop_topic(topic)
                 self._last_seq[topic] = 0
-            run_sends(sends)
         elif data.startswith(REVOKED):
             user = data[len(REVOKED) :].decode()
             with self._lock:
                 sends = self._fanout.revoke(topic, user)
-            run_sends(sends)
+            self._sends += sends
             if sends:
                 log.info(
                     "access_revoked topic=%s user=%s subscriptions=%d", topic, user, len(sends)
@@ -205,5 +276,4 @@ class Listener:
             if event.seq <= self._last_seq.get(event.topic, 0):
                 return
             self._last_seq[event.topic] = event.seq
-            sends = self._fanout.deliver(event)
-        run_sends(sends)
+            self._sends += self._fanout.deliver(event)

@@ -240,3 +240,23 @@ redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 return 1
 """
+
+# KEYS: topics, seq; ARGV: name, the epoch read, a new epoch, the seq this worker delivered
+# Redis holds less of the topic than a worker delivered (a failover lost writes that were not
+# yet replicated, or a restart lost what was not persisted): the seqs after the one it holds
+# were handed out already. Move the topic to a new epoch, so that no resume position of the
+# old one passes for complete, and raise its seq to at least what was delivered, so that no
+# seq is handed out twice: unless it moved to another epoch since it was read (another
+# worker got there first; the caller reads again). Returns {1 if moved, its epoch, its seq}.
+REWIND = """
+local epoch = redis.call('HGET', KEYS[1], ARGV[1])
+local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+if not epoch or epoch ~= ARGV[2] then return {0, epoch or '', seq} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+local last = tonumber(ARGV[4])
+if seq < last then
+  seq = last
+  redis.call('SET', KEYS[2], seq)
+end
+return {1, ARGV[3], seq}
+"""
