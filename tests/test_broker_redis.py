@@ -202,3 +202,83 @@ def test_a_stale_copy_of_access_never_decides_for_a_topic_created_again(make_bro
     with pytest.raises(access.Forbidden):
         a.delete_topic("t", check=access.check(access.DELETE, "x", "t"))
     assert [t.name for t in b.topics()] == ["t"]
+
+
+def test_a_channel_nobody_here_follows_is_unsubscribed_and_comes_back(make_broker, monkeypatch):
+    from gateway.brokers.redis import listener
+
+    monkeypatch.setattr(listener, "SWEEP_SECONDS", 0.05)
+    broker = make_broker()
+    broker.create_topic("t")
+    channel = "gw:chan:t"
+    watcher = broker._redis
+
+    def listeners() -> int:
+        return dict(watcher.pubsub_numsub(channel))[channel.encode()]
+
+    stay, churn = Recorder(), Recorder()
+    broker.subscribe("t", churn)
+    assert listeners() == 1
+    broker.unsubscribe("t", churn)
+    deadline = time.monotonic() + 10
+    while listeners() and time.monotonic() < deadline:
+        time.sleep(0.02)  # polling the condition: the sweep runs every SWEEP_SECONDS
+    assert listeners() == 0, "the idle channel is still subscribed"
+    # Back again: the channel is subscribed anew and nothing published after the ack is lost.
+    for round_ in range(5):
+        subscription = broker.subscribe("t", stay if round_ == 0 else churn)
+        published = broker.publish("t", f"m{round_}", enc(round_))
+        assert published.seq == subscription.seq + 1
+        if round_:
+            churn.wait(lambda r, seq=published.seq: seq in r.seqs())
+            broker.unsubscribe("t", churn)
+    stay.wait(lambda r: r.seqs() == [1, 2, 3, 4, 5])
+    assert listeners() == 1  # still followed by `stay`
+
+
+def test_counts_are_exact_after_subscribe_churn_across_a_redis_restart(server, make_broker):
+    # Subscribes and unsubscribes keep coming while Redis restarts: some increments cannot
+    # reach it. Once it is back, the worker's counts in Redis match its local truth again.
+    broker = make_broker()
+    broker.create_topic("a")
+    broker.create_topic("b")
+    kept = [Recorder() for _ in range(4)]
+    for s in kept:
+        broker.subscribe("a", s)
+    churn = [Recorder() for _ in range(6)]
+    for s in churn:
+        broker.subscribe("b", s)
+    server.stop()
+    # While Redis is away: unsubscribes (local only; the increment is lost) ...
+    for s in churn[:4]:
+        broker.unsubscribe_all(s)
+    server.start()  # same data (append-only file), counts as they were before the churn
+    # ... and subscribes again once it answers, racing the heartbeat's rewrite.
+    retry(lambda: broker.subscribe("a", churn[0]))
+    broker.subscribe("b", churn[1])
+    truth = {"a": 5, "b": 3}
+    deadline = time.monotonic() + 20  # the rewrite comes with the next heartbeat (5 s)
+    while {t.name: t.subscribers for t in retry(broker.topics)} != truth:
+        assert time.monotonic() < deadline, {t.name: t.subscribers for t in broker.topics()}
+        time.sleep(0.1)
+    assert retry(broker.subscriber_count) == 8
+
+
+def test_a_publisher_never_reuses_a_seq_it_was_given_when_redis_goes_back(make_broker):
+    # As after a failover that lost writes not yet replicated: Redis holds a lower seq than
+    # the publishes this worker was acknowledged. The next publish moves the topic to a new
+    # epoch and continues above them, instead of handing out 4, 5... again.
+    broker = make_broker()
+    broker.create_topic("t")
+    for i in range(10):
+        broker.publish("t", f"m{i}", enc(i))
+    before = broker.history("t").epoch
+    broker._redis.set("gw:seq:t", 3)  # what a lossy failover leaves behind
+    event = broker.publish("t", "after", enc("after"))
+    assert event.seq == 11
+    history = broker.history("t")
+    assert history.epoch != before and history.seq == 11
+    # A topic deleted and created again starts from 1: the floor belonged to the old one.
+    broker.delete_topic("t")
+    broker.create_topic("t")
+    assert broker.publish("t", "fresh", enc(0)).seq == 1

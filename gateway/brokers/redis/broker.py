@@ -63,6 +63,8 @@ class RedisBroker(Broker):
         self._create_script = self._redis.register_script(scripts.CREATE)
         self._delete_script = self._redis.register_script(scripts.DELETE)
         self._access = AccessStore(self._redis, self._keys)
+        # The last seq this worker's publishes got, per topic, and the epoch it was got in.
+        self._published: dict[str, tuple[str, bytes]] = {}
         # One lock for the fan-out and the local state of the listener and the counts: held
         # for a snapshot or an update, never across a Redis call.
         self._lock = threading.Lock()
@@ -207,8 +209,9 @@ class RedisBroker(Broker):
             IDEMPOTENCY_KEYS_PER_TOPIC,
             head,
             epoch,
+            *self._published.get(topic, ("", "")),
         ]
-        seq, entry = self._publish_script(keys=keys, args=args)
+        seq, entry, *created = self._publish_script(keys=keys, args=args)
         if seq == -2:  # checked against a topic since deleted and created again
             self._access.forget(topic)
             return self.publish(topic, message_id, payload, idempotency_key, publisher, check)
@@ -216,7 +219,12 @@ class RedisBroker(Broker):
             raise TopicNotFound(topic)
         # Local subscribers get the event from the channel, in seq order with everyone else;
         # a repeated idempotency key returns the first publish's entry and sends nothing.
-        return scripts.read_entry(topic, entry)
+        event = scripts.read_entry(topic, entry)
+        if created:
+            # PUBLISH continues above it if Redis went back in a failover, within the same
+            # creation of the topic (docs/operations.md "Redis Sentinel").
+            self._published[topic] = (str(event.seq), created[0])
+        return event
 
     @unavailable
     def subscribe(
@@ -235,6 +243,8 @@ class RedisBroker(Broker):
             added = self._fanout.add(topic, subscriber)
             if added:
                 self._counts.changed(topic, +1)
+        # Registered (or following already): the channel is now kept by the subscription.
+        self._listener.arrived(topic)
         if not added:
             seq, current_epoch, _, access = self._snapshot(topic, 0, check is not None)
             if check is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 
 import redis
@@ -27,6 +28,8 @@ _SUBSCRIBE_WAIT = 5.0
 _BACKOFF_MAX = 5.0
 # Messages Redis has already delivered that one burst handles before any socket is written.
 _BURST = 512
+# How often channels that no local subscriber follows any more are unsubscribed.
+SWEEP_SECONDS = 5.0
 
 
 class Listener:
@@ -61,6 +64,10 @@ class Listener:
         self._listening: dict[str, threading.Event] = {}
         self._last_seq: dict[str, int] = {}
         self._wanted: list[str] = []  # topics whose channel the listener should subscribe
+        # Subscribes under way per topic (between listen_to and the fan-out registration):
+        # their channel must not be swept.
+        self._arriving: dict[str, int] = {}
+        self._next_sweep = 0.0
         self._channels = keys.of("chan", "")  # every topic channel's name starts so
         # Socket writes made due by the burst being handled (_burst runs them at its end).
         self._sends: list = []
@@ -70,9 +77,12 @@ class Listener:
         """Make sure this worker receives the topic's channel before anyone subscribes.
 
         Only the listener touches the pub/sub connection (redis-py's PubSub is not safe to
-        share): it is asked through a queue and woken by a message on its own channel.
+        share): it is asked through a queue and woken by a message on its own channel. The
+        caller calls `arrived(topic)` once its subscriber is registered (or has failed), so
+        that the channel is not swept meanwhile.
         """
         with self._lock:
+            self._arriving[topic] = self._arriving.get(topic, 0) + 1
             ready = self._listening.get(topic)
             if ready is None:
                 ready = self._listening[topic] = threading.Event()
@@ -83,7 +93,37 @@ class Listener:
         if wake:
             self._redis.publish(self._own_channel, b"wake")
         if not ready.wait(_SUBSCRIBE_WAIT):
+            self.arrived(topic)
             raise BrokerUnavailable("redis did not confirm the channel subscription in time")
+
+    def arrived(self, topic: str) -> None:
+        """A subscribe that called `listen_to` is over: registered, or failed."""
+        with self._lock:
+            left = self._arriving.get(topic, 0) - 1
+            if left > 0:
+                self._arriving[topic] = left
+            else:
+                self._arriving.pop(topic, None)
+
+    def _sweep(self) -> None:
+        """Unsubscribe the channels that no local subscriber follows any more.
+
+        Their events would only be read and dropped. A subscriber that comes back later
+        subscribes the channel again and starts from the topic's seq then, as a first one does.
+        """
+        self._next_sweep = time.monotonic() + SWEEP_SECONDS
+        with self._lock:
+            idle = [
+                topic
+                for topic in self._listening
+                if not self._fanout.count(topic) and not self._arriving.get(topic)
+            ]
+            for topic in idle:
+                del self._listening[topic]
+                self._last_seq.pop(topic, None)
+        if idle:
+            self._pubsub.unsubscribe(*(self._keys.of("chan", topic) for topic in idle))
+            log.debug("redis_channels_unsubscribed count=%d", len(idle))
 
     def run(self) -> None:
         """Receive every subscribed channel; reconnect with capped backoff, repairing gaps."""
@@ -99,6 +139,8 @@ class Listener:
                 message = self._pubsub.get_message(timeout=1.0)
                 if message is not None:
                     self._burst(message)
+                if time.monotonic() >= self._next_sweep:
+                    self._sweep()
             except Exception as exc:
                 self.connected = False
                 if self._stopping.is_set():
@@ -250,6 +292,8 @@ class Listener:
             return
         seq = int(data.split(b":", 1)[0])
         with self._lock:
+            if topic not in self._listening:
+                return  # a channel being unsubscribed (swept): nobody here follows it
             last = self._last_seq.get(topic, 0)
         if seq <= last:
             return  # already delivered (a repair got it first)

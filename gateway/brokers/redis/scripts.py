@@ -128,7 +128,9 @@ def read_entry(topic: str, entry: bytes) -> Event:
 
 # KEYS: topics, seq, ring, chan, idem, ringbytes, idemkeys
 # ARGV: name, body, ring size, idempotency ttl ('' = none), ring bytes, keys kept, head,
-#       the creation id (epoch) whose access the caller checked ('' = none checked)
+#       the creation id (epoch) whose access the caller checked ('' = none checked),
+#       the highest seq this worker's publishes to the topic got ('' = none) and the epoch
+#       it got it in. Returns {seq, entry, epoch}; {0, head} for a repeated key.
 PUBLISH = """
 local epoch = redis.call('HGET', KEYS[1], ARGV[1])
 if not epoch then return {-1, ''} end
@@ -142,6 +144,16 @@ if idem then
   end
 end
 local seq = redis.call('INCR', KEYS[2])
+-- A floor counts only for the creation of the topic it was seen in (not one made since).
+local floor = ARGV[10] == epoch and tonumber(ARGV[9]) or 0
+if seq <= floor then
+  -- The topic went back (a failover lost writes not yet replicated): seqs up to `floor`
+  -- were handed out already. A new epoch, and the seq continues above them.
+  epoch = redis.sha1hex(epoch .. ':' .. table.concat(redis.call('TIME'), '.'))
+  redis.call('HSET', KEYS[1], ARGV[1], epoch)
+  seq = floor + 1
+  redis.call('SET', KEYS[2], seq)
+end
 local entry = seq .. ':' .. ARGV[2]
 local keep = tonumber(ARGV[3])
 if keep > 0 then
@@ -172,7 +184,7 @@ if idem then
   redis.call('EXPIRE', KEYS[7], ttl)
 end
 redis.call('PUBLISH', KEYS[4], entry)
-return {seq, entry}
+return {seq, entry, epoch}
 """
 
 # KEYS: topics, owners, owned, seq, ring, ringbytes, policies, members
