@@ -429,23 +429,29 @@ def test_the_migration_adds_one_column_and_one_check_in_postgres(make_store, pos
     assert (columns, checks) == (1, 1)
 
 
-def test_workers_starting_at_once_on_an_old_postgres_table_all_start(make_store, postgres_url):
-    _drop_users_table(postgres_url)
-    _create_old_table(postgres_url, [("id-1", "early", None)])
-    barrier = threading.Barrier(8, timeout=30)
+def _start_at_once(make_store, url: str, count: int) -> list[Exception]:
+    """Open `count` stores on `url` at the same moment, as workers starting together do."""
+    barrier = threading.Barrier(count, timeout=30)
     failures: list[Exception] = []
 
     def start() -> None:
         barrier.wait()
         try:
-            make_store(postgres_url)
+            make_store(url)
         except Exception as exc:
             failures.append(exc)
 
-    threads = [threading.Thread(target=start) for _ in range(8)]
+    threads = [threading.Thread(target=start) for _ in range(count)]
     for thread in threads:
         thread.start()
     _join_all(threads)
+    return failures
+
+
+def test_workers_starting_at_once_on_an_old_postgres_table_all_start(make_store, postgres_url):
+    _drop_users_table(postgres_url)
+    _create_old_table(postgres_url, [("id-1", "early", None)])
+    failures = _start_at_once(make_store, postgres_url, 8)
     assert not failures, failures
     assert make_store(postgres_url).find("early").role == "user"
 
@@ -469,20 +475,7 @@ def test_workers_starting_at_once_on_an_old_sqlite_file_all_start(tmp_path):
 
 def test_workers_starting_at_once_all_find_the_schema(make_store, postgres_url):
     _drop_users_table(postgres_url)
-    barrier = threading.Barrier(8, timeout=30)
-    failures: list[Exception] = []
-
-    def start() -> None:
-        barrier.wait()
-        try:
-            make_store(postgres_url)
-        except Exception as exc:
-            failures.append(exc)
-
-    threads = [threading.Thread(target=start) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    _join_all(threads)
+    failures = _start_at_once(make_store, postgres_url, 8)
     assert not failures
     assert make_store(postgres_url).register("after", PASSWORD, None).username == "after"
 
