@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.parse
+
 import orjson
 import pytest
 
@@ -312,3 +314,16 @@ def test_every_json_reply_ends_with_a_newline(client, auth_headers):
     for reply in replies:
         assert reply.mimetype == "application/json", reply.status
         assert reply.data.endswith(b"}\n"), (reply.status, reply.data[-20:])
+
+
+@pytest.mark.parametrize(
+    "username", ["nobody", "a" * 300, "ünï", "line\nbreak", "%00", "x/../y", "' OR 1=1 --"]
+)
+def test_a_hostile_member_name_gets_a_clear_404(client, headers, username):
+    create(client, headers, "guarded")
+    for method in ("put", "delete"):
+        reply = getattr(client, method)(
+            f"/topics/guarded/members/{urllib.parse.quote(username, safe='')}", headers=headers
+        )
+        assert_error(reply, 404)
+    assert client.get("/topics/guarded/members", headers=headers).get_json()["members"]
