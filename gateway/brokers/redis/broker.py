@@ -42,6 +42,9 @@ from gateway.brokers.redis.counts import ClusterCounts
 from gateway.brokers.redis.listener import Listener
 from gateway.supervisor import Loop
 
+# Topics whose last published seq a worker remembers (for failovers), at most.
+_PUBLISHED_KEPT = 100_000
+
 
 class RedisBroker(Broker):
     """A broker whose topics, rings and seqs live in Redis, shared by every worker."""
@@ -142,6 +145,7 @@ class RedisBroker(Broker):
             epoch = known.epoch
         keys = self._keys.delete(name)
         self._access.forget(name)
+        self._published.pop(name, None)
         deleted = self._delete_script(keys=keys, args=[name, epoch])
         if deleted == -1:  # deleted and created again since the check: check the new one
             self.delete_topic(name, check)
@@ -223,6 +227,8 @@ class RedisBroker(Broker):
         if created:
             # PUBLISH continues above it if Redis went back in a failover, within the same
             # creation of the topic (docs/operations.md "Redis Sentinel").
+            if len(self._published) >= _PUBLISHED_KEPT and topic not in self._published:
+                self._published.clear()  # a bound: names of deleted topics pile up otherwise
             self._published[topic] = (str(event.seq), created[0])
         return event
 
