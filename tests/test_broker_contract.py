@@ -17,6 +17,7 @@ from gateway.brokers import (
     Event,
     LimitExceeded,
     MemoryBroker,
+    Publish,
     Quotas,
     TopicExists,
     TopicNotFound,
@@ -552,3 +553,62 @@ def test_creating_a_topic_while_others_publish_never_reuses_a_seq(make_broker):
     last = broker.history("t", limit=1000)
     # The last creation's ring holds exactly 1..seq, each once.
     assert [e.seq for e in last.events] == list(range(1, last.seq + 1))
+
+
+def test_publish_many_is_each_publish_in_order_each_failing_alone(make_broker):
+    broker = make_broker(ring_size=10)
+    broker.create_topic("a")
+    broker.create_topic("b", owner="o", publish="owner")
+    s = Recorder()
+    broker.subscribe("a", s)
+    broker.subscribe("b", s)
+    results = broker.publish_many(
+        [
+            Publish("a", "m1", enc(1)),
+            Publish("missing", "m2", enc(2)),
+            Publish("b", "m3", enc(3), publisher="x", check=refuse),
+            Publish("a", "m4", enc(4)),
+            Publish("b", "m5", enc(5), publisher="o"),
+            Publish("a", "m6", enc(6), check=lambda access: None),
+        ]
+    )
+    ok = [r for r in results if isinstance(r, Event)]
+    assert [(e.topic, e.id, e.seq) for e in ok] == [
+        ("a", "m1", 1),
+        ("a", "m4", 2),
+        ("b", "m5", 1),
+        ("a", "m6", 3),
+    ]
+    assert isinstance(results[1], TopicNotFound) and isinstance(results[2], Refused)
+    s.wait(lambda s: len(s.events) == 4)
+    assert [(e.topic, e.seq, loads(e.payload)) for e in s.events if e.topic == "a"] == [
+        ("a", 1, 1),
+        ("a", 2, 4),
+        ("a", 3, 6),
+    ]
+    assert [e.id for e in broker.history("a").events] == ["m1", "m4", "m6"]
+    assert broker.publish_many([]) == []
+
+
+def test_publish_many_from_two_threads_never_shares_a_seq(make_broker):
+    broker = make_broker(ring_size=1000)
+    broker.create_topic("t")
+    s = Recorder()
+    broker.subscribe("t", s)
+    got: list[int] = []
+
+    def publisher(name: str) -> None:
+        for batch in range(20):
+            requests = [Publish("t", f"{name}{batch}.{i}", enc(i)) for i in range(10)]
+            seqs = [e.seq for e in broker.publish_many(requests)]
+            assert seqs == sorted(seqs)  # one batch's publishes get seqs in request order
+            got.extend(seqs)
+
+    threads = [threading.Thread(target=publisher, args=(n,)) for n in "xy"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(got) == list(range(1, 401))
+    s.wait(lambda s: len(s.events) == 400)
+    assert s.seqs() == list(range(1, 401))

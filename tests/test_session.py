@@ -11,7 +11,7 @@ from orjson import dumps as enc
 from wire_reader import WireReader
 
 from gateway import protocol
-from gateway.brokers import MemoryBroker
+from gateway.brokers import BrokerUnavailable, MemoryBroker
 from gateway.brokers.contract import run_sends
 from gateway.config import Rate
 from gateway.transport import wsframes
@@ -343,3 +343,71 @@ def test_under_gevent_no_socket_write_happens_under_the_broker_lock():
         for pair in pairs:
             for sock in pair:
                 sock.close()
+
+
+def test_one_read_of_frames_is_served_in_order_with_its_publishes_batched(limited):
+    """What one socket read brings is handled together: replies keep the client's order."""
+    broker, session, reader = limited
+    calls = []
+    publish_many = broker.publish_many
+    broker.publish_many = lambda requests: calls.append(len(requests)) or publish_many(requests)
+
+    def frame(**body) -> str:
+        return json.dumps(body)
+
+    session.handle_many(
+        [
+            frame(type="publish", topic="a", message={"id": "1", "payload": 1}, request_id="p1"),
+            frame(type="publish", topic="nope", message={"id": "2", "payload": 2}, request_id="p2"),
+            "{not json",
+            frame(type="ping", request_id="ping"),
+            frame(type="publish", topic="b", message={"id": "3", "payload": 3}, request_id="p3"),
+            # The rate (3 a minute, refused ones count) is spent: refused, after the ack before.
+            frame(type="publish", topic="a", message={"id": "4", "payload": 4}, request_id="p4"),
+            frame(type="publish", topic="a", message={"id": "5", "payload": 5}, request_id="p5"),
+        ]
+    )
+    reader.read_until(lambda frames: len(frames) == 7)
+    replies = reader.texts()
+    assert [(r["type"], r.get("request_id"), r.get("seq")) for r in replies] == [
+        ("ack", "p1", 1),
+        ("error", "p2", None),
+        ("error", None, None),
+        ("pong", "ping", None),
+        ("ack", "p3", 1),
+        ("error", "p4", None),
+        ("error", "p5", None),
+    ]
+    assert replies[1]["error"]["code"] == "TOPIC_NOT_FOUND"
+    assert {r["error"]["code"] for r in replies[5:]} == {"RATE_LIMITED"}
+    assert calls == [2]  # p1 and p2 in one broker call; p3 alone takes the single path
+    assert [e.id for e in broker.history("a").events] == ["1"]
+
+
+def test_a_broker_outage_refuses_every_publish_of_a_batch(setup):
+    broker, session, reader = setup
+
+    def down(requests):
+        raise BrokerUnavailable("redis: gone")
+
+    broker.publish_many = down
+    frames = [
+        json.dumps(
+            {
+                "type": "publish",
+                "topic": "t",
+                "message": {"id": str(i), "payload": i},
+                "request_id": str(i),
+            }
+        )
+        for i in range(3)
+    ]
+    session.handle_many([*frames, json.dumps({"type": "ping", "request_id": "p"})])
+    reader.read_until(lambda frames: len(frames) == 4)
+    replies = reader.texts()
+    assert [(r.get("error", {}).get("code"), r["request_id"]) for r in replies[:3]] == [
+        ("INTERNAL", "0"),
+        ("INTERNAL", "1"),
+        ("INTERNAL", "2"),
+    ]
+    assert replies[3]["type"] == "pong"

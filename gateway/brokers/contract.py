@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -59,6 +59,17 @@ class Event:
     seq: int
     timestamp: float
     wire: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """One publish of a batch (`Broker.publish_many`): the arguments of `publish`."""
+
+    topic: str
+    message_id: str
+    payload: bytes
+    publisher: str | None = None
+    check: Check | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +276,33 @@ class Broker(ABC):
         IDEMPOTENCY_KEYS_PER_TOPIC keys) returns the first publish's id, seq and timestamp
         (with an empty payload) and delivers nothing.
         """
+
+    def publish_many(self, requests: Sequence[Publish]) -> list[Event | Exception]:
+        """Publish each request in order; return each one's Event or the exception it raised.
+
+        One client's pipelined publishes (docs/performance.md): a broker with a network
+        round trip per publish sends them together. Each request succeeds or fails on its
+        own, exactly as `publish` would; BrokerUnavailable is raised for the whole batch,
+        and then any of them may or may not have been published, as with one `publish`
+        whose answer was lost.
+        """
+        results: list[Event | Exception] = []
+        for request in requests:
+            try:
+                results.append(
+                    self.publish(
+                        request.topic,
+                        request.message_id,
+                        request.payload,
+                        publisher=request.publisher,
+                        check=request.check,
+                    )
+                )
+            except BrokerUnavailable:
+                raise
+            except Exception as exc:
+                results.append(exc)
+        return results
 
     @abstractmethod
     def subscribe(

@@ -77,7 +77,7 @@ class Connection:
             roles=roles,
         )
         self.reader = FrameReader(
-            protocol, self.outbox, self.session.handle, settings.max_message_bytes
+            protocol, self.outbox, self.session.handle_many, settings.max_message_bytes
         )
         self._registry = registry
         self._finish_timeout = settings.write_timeout_seconds + 1

@@ -50,7 +50,7 @@ class Replies(Protocol):
 
 
 class FrameReader:
-    """Feeds each complete client message to `handle`; answers pings and the close frame.
+    """Feeds complete client messages to `handle`; answers pings and the close frame.
 
     A message over `limit` bytes, or in more than MAX_FRAGMENTS frames, closes the
     connection with 1009; messages that arrive while the outbox is closing are read and
@@ -72,7 +72,7 @@ class FrameReader:
         self,
         protocol: Connection,
         outbox: Replies,
-        handle: Callable[[str | bytes], None],
+        handle: Callable[[list[str | bytes]], None],
         limit: int,
     ) -> None:
         self._protocol = protocol
@@ -88,16 +88,23 @@ class FrameReader:
         self.last_heard = time.monotonic()
 
     def feed(self, data: bytes) -> bool:
-        """Serve the messages completed by `data`; return True once the client has closed."""
+        """Serve the messages completed by `data`; return True once the client has closed.
+
+        The messages one read completes go to `handle` together, in order (a pipelining
+        client's publishes then share one broker round trip: docs/performance.md), and
+        always before anything this read makes us close.
+        """
         outbox = self._outbox
         self.last_heard = time.monotonic()
         self._protocol.receive_data(data)
+        messages: list[str | bytes] = []
         for event in self._protocol.events():
             if isinstance(event, TextMessage | BytesMessage):
                 chunk = event.data
                 parts = self._parts
                 self._size += _byte_length(chunk)
                 if self._size > self._limit or len(parts) >= MAX_FRAGMENTS:
+                    self._serve(messages)
                     if outbox.is_open:
                         reason = "message_too_big" if self._size > self._limit else "fragments"
                         log.info("ws_rejected conn=%s reason=%s", outbox.conn_id, reason)
@@ -106,18 +113,25 @@ class FrameReader:
                     continue
                 parts.append(chunk)
                 if event.message_finished:
-                    message = parts[0] if len(parts) == 1 else type(chunk)().join(parts)
+                    messages.append(parts[0] if len(parts) == 1 else type(chunk)().join(parts))
                     self._parts, self._size = [], 0
-                    if outbox.is_open:
-                        self._handle(message)
             elif isinstance(event, Ping):
                 self._reply(event.response())
             elif isinstance(event, CloseConnection):
+                self._serve(messages)
                 self._reply(event.response(), closing=True)
                 outbox.peer_closed()
                 self.close_code = event.code
                 return True
+        self._serve(messages)
         return False
+
+    def _serve(self, messages: list[str | bytes]) -> None:
+        """Hand `messages` to the handler (unless we are closing) and empty the list."""
+        if messages:
+            if self._outbox.is_open:
+                self._handle(messages[:])
+            messages.clear()
 
     def ended(self) -> None:
         """Record that the socket ended without a close frame."""

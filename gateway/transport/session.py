@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Sequence
 
 from gateway import protocol
 from gateway.brokers import (
     Broker,
     BrokerUnavailable,
     Event,
+    Publish,
     Send,
     Subscription,
     TopicNotFound,
@@ -30,6 +32,9 @@ from gateway.transport.delivery import Holding
 from gateway.transport.outbox import Outbox
 
 log = logging.getLogger("gateway.ws")
+
+# What the broker raises for a client's mistake or its own outage: an `error` frame each.
+_REFUSALS = (BrokerUnavailable, access.Forbidden, TopicNotFound)
 
 
 class Session:
@@ -99,71 +104,151 @@ class Session:
 
     def handle(self, data: str | bytes) -> None:
         """Serve one client frame; protocol mistakes become `error` frames."""
-        command = None
-        try:
-            command = protocol.decode(data, self._max_json_depth)
+        self.handle_many([data])
+
+    def handle_many(self, messages: Sequence[str | bytes]) -> None:
+        """Serve client frames in order; replies go out in the same order.
+
+        Consecutive publishes are sent to the broker together (`publish_many`): one round
+        trip to Redis for what a pipelining client sent in one read.
+        """
+        batch: list[protocol.Publish] = []
+        for data in messages:
+            if not self.outbox.is_open:
+                break
+            command = None
             try:
-                self._dispatch(command)
-            except BrokerUnavailable as exc:
-                log.error("broker_unavailable conn=%s error=%s", self.conn_id, exc)
-                raise ProtocolError(
-                    protocol.INTERNAL,
-                    "the message broker is unavailable; try again shortly",
-                    command.request_id,
-                ) from None
-            except access.Forbidden as exc:
-                raise ProtocolError(protocol.FORBIDDEN, str(exc), command.request_id) from None
-        except ProtocolError as exc:
-            log.info(
-                "ws_rejected conn=%s code=%s request_id=%s message=%s",
-                self.conn_id,
-                exc.code,
-                exc.request_id,
-                exc.message,
+                command = protocol.decode(data, self._max_json_depth)
+                if isinstance(command, protocol.Publish):
+                    batch.append(self._admitted(command))
+                    continue
+                self._publish_batch(batch)
+                self._guarded(command, self._dispatch)
+            except ProtocolError as exc:
+                self._publish_batch(batch)
+                self._refuse(exc)
+            except Exception:
+                self._publish_batch(batch)
+                self._internal_error(command)
+        self._publish_batch(batch)
+
+    def _guarded(self, command: protocol.Command, serve: Callable[[protocol.Command], None]):
+        """Run `serve(command)`; broker and access failures become ProtocolErrors."""
+        try:
+            serve(command)
+        except _REFUSALS as exc:
+            raise self._refusal(exc, command) from None
+
+    def _refusal(self, exc: Exception, command: protocol.Command) -> ProtocolError:
+        """The `error` frame that tells the client why the broker refused `command`."""
+        if isinstance(exc, BrokerUnavailable):
+            log.error("broker_unavailable conn=%s error=%s", self.conn_id, exc)
+            return ProtocolError(
+                protocol.INTERNAL,
+                "the message broker is unavailable; try again shortly",
+                command.request_id,
             )
-            self._reply(protocol.error(exc.code, exc.message, exc.request_id))
-        except Exception:
-            # A fault of ours must not end the connection without a word: the client is
-            # told (INTERNAL) and may go on; the traceback is in the log.
-            log.exception("ws_internal_error conn=%s", self.conn_id)
-            request_id = command.request_id if command is not None else None
-            self._reply(protocol.error(protocol.INTERNAL, "internal server error", request_id))
+        if isinstance(exc, access.Forbidden):
+            return ProtocolError(protocol.FORBIDDEN, str(exc), command.request_id)
+        return _not_found(command.topic, command.request_id)
+
+    def _refuse(self, exc: ProtocolError) -> None:
+        log.info(
+            "ws_rejected conn=%s code=%s request_id=%s message=%s",
+            self.conn_id,
+            exc.code,
+            exc.request_id,
+            exc.message,
+        )
+        self._reply(protocol.error(exc.code, exc.message, exc.request_id))
+
+    def _internal_error(self, command: protocol.Command | None) -> None:
+        # A fault of ours must not end the connection without a word: the client is told
+        # (INTERNAL) and may go on; the traceback is in the log.
+        log.exception("ws_internal_error conn=%s", self.conn_id)
+        request_id = command.request_id if command is not None else None
+        self._reply(protocol.error(protocol.INTERNAL, "internal server error", request_id))
 
     def close(self) -> None:
         """Drop every subscription of this connection."""
         self._broker.unsubscribe_all(self)
 
     def _dispatch(self, command: protocol.Command) -> None:
-        if isinstance(command, protocol.Publish):
-            self._publish(command)
-        elif isinstance(command, protocol.Subscribe):
+        if isinstance(command, protocol.Subscribe):
             self._subscribe(command)
         elif isinstance(command, protocol.Unsubscribe):
             self._unsubscribe(command)
         else:
             self._reply(protocol.pong(command.request_id))
 
-    def _publish(self, command: protocol.Publish) -> None:
+    def _admitted(self, command: protocol.Publish) -> protocol.Publish:
+        """Return `command` if the rate limit lets it through; raise RATE_LIMITED if not."""
         if self._bucket is not None and (wait := self._bucket.take()):
             raise ProtocolError(
                 protocol.RATE_LIMITED,
                 f"publishing faster than {self._publish_rate}; retry in {wait:.2f}s",
                 command.request_id,
             )
+        return command
+
+    def _publish_batch(self, batch: list[protocol.Publish]) -> None:
+        """Publish `batch` (then empty it) and reply to each command, in order."""
+        if not batch:
+            return
+        commands = batch[:]
+        batch.clear()
+        if len(commands) == 1:
+            self._one_publish(commands[0])
+            return
+        user, roles = self.user_id, self._roles
+        requests = [
+            # Encoded before the broker gives it a seq: a publish is all or nothing.
+            Publish(
+                command.topic,
+                command.message_id,
+                protocol.encode_payload(command.payload),
+                publisher=user,
+                check=access.check(access.PUBLISH, user, command.topic),
+            )
+            for command in commands
+        ]
+        try:
+            results: list = self._broker.publish_many(requests)
+        except Exception as exc:  # the broker is unavailable (or a fault): each one is told
+            results = [exc] * len(commands)
+        for command, result in zip(commands, results, strict=True):
+            if isinstance(result, access.Forbidden) and user is not None and roles.is_admin(user):
+                self._one_publish(command)  # an admin may publish anywhere (docs/access.md)
+            elif isinstance(result, _REFUSALS):
+                self._refuse(self._refusal(result, command))
+            elif isinstance(result, Exception):
+                log.error("ws_internal_error conn=%s", self.conn_id, exc_info=result)
+                self._reply(
+                    protocol.error(protocol.INTERNAL, "internal server error", command.request_id)
+                )
+            else:
+                self._reply(protocol.ack(command.topic, command.request_id, result.seq))
+
+    def _one_publish(self, command: protocol.Publish) -> None:
+        try:
+            self._guarded(command, self._publish)
+        except ProtocolError as exc:
+            self._refuse(exc)
+        except Exception:
+            self._internal_error(command)
+
+    def _publish(self, command: protocol.Publish) -> None:
         # Encoded before the broker gives it a seq: a publish is all or nothing.
         payload = protocol.encode_payload(command.payload)
-        try:
-            event = access.run_as(
-                access.PUBLISH,
-                self.user_id,
-                command.topic,
-                self._roles,
-                lambda check: self._broker.publish(
-                    command.topic, command.message_id, payload, publisher=self.user_id, check=check
-                ),
-            )
-        except TopicNotFound:
-            raise _not_found(command.topic, command.request_id) from None
+        event = access.run_as(
+            access.PUBLISH,
+            self.user_id,
+            command.topic,
+            self._roles,
+            lambda check: self._broker.publish(
+                command.topic, command.message_id, payload, publisher=self.user_id, check=check
+            ),
+        )
         self._reply(protocol.ack(command.topic, command.request_id, event.seq))
 
     def _subscribe(self, command: protocol.Subscribe) -> None:

@@ -233,6 +233,49 @@ def test_concurrent_publishes_on_b_reach_subscribers_on_both_in_seq_order(cluste
             _wait_stats(srv, topic, {"messages": TOTAL, "subscribers": len(names)})
 
 
+def test_pipelined_publishes_on_both_gateways_keep_each_publishers_order(cluster, token):
+    """Publishes sent without waiting reach Redis in batches (docs/performance.md): each
+    publisher's acks come back in its order with rising seqs, and every subscriber sees
+    every event once, each publisher's in the order it sent them."""
+    a, b = cluster.a, cluster.b
+    topic = create_topic(a, token)
+    with contextlib.ExitStack() as stack:
+        subs = [stack.enter_context(ws_connect(srv, token)) for srv in (a, b)]
+        pubs = [stack.enter_context(ws_connect(srv, token)) for srv in (a, a, b, b)]
+        for sub in subs:
+            sub.subscribe(topic)
+        for srv in (a, b):
+            _wait_stats(srv, topic, {"messages": 0, "subscribers": len(subs)})
+        for i in range(PER_PUBLISHER):
+            for p, pub in enumerate(pubs):
+                pub.send(
+                    {
+                        "type": "publish",
+                        "topic": topic,
+                        "request_id": f"{p}-{i}",
+                        "message": {"id": f"p{p}-{i}", "payload": {"p": p, "i": i}},
+                    }
+                )
+        seq_of: dict[str, int] = {}
+        for p, pub in enumerate(pubs):
+            replies = [pub.recv(timeout=15) for _ in range(PER_PUBLISHER)]
+            assert [r["request_id"] for r in replies] == [f"{p}-{i}" for i in range(PER_PUBLISHER)]
+            assert all(r["type"] == "ack" for r in replies), [r for r in replies if "error" in r]
+            seqs = [r["seq"] for r in replies]
+            assert seqs == sorted(seqs) and len(set(seqs)) == PER_PUBLISHER, seqs[:10]
+            seq_of.update({f"p{p}-{i}": seq for i, seq in enumerate(seqs)})
+        total = len(pubs) * PER_PUBLISHER
+        assert sorted(seq_of.values()) == list(range(1, total + 1))
+        for sub in subs:
+            events = [check_event(f, topic) for f in sub.events(total, timeout=30)]
+            assert [e["seq"] for e in events] == list(range(1, total + 1))
+            assert all(seq_of[e["id"]] == e["seq"] for e in events)
+            for p in range(len(pubs)):
+                mine = [e["payload"]["i"] for e in events if e["payload"]["p"] == p]
+                assert mine == list(range(PER_PUBLISHER)), p
+            assert sub.quiet(0.3) == []
+
+
 # ---------------------------------------------------------------------------------------------
 # 4. Replay across workers
 
