@@ -11,7 +11,7 @@ from orjson import loads
 from redis_server import RedisServer
 from test_broker_contract import Recorder, encode
 
-from gateway.brokers import BrokerUnavailable
+from gateway.brokers import BrokerUnavailable, Publish
 from gateway.brokers.redis import RedisBroker
 
 
@@ -282,3 +282,19 @@ def test_a_publisher_never_reuses_a_seq_it_was_given_when_redis_goes_back(make_b
     broker.delete_topic("t")
     broker.create_topic("t")
     assert broker.publish("t", "fresh", enc(0)).seq == 1
+
+
+def test_a_batch_of_publishes_after_redis_lost_its_scripts_is_published_in_order(
+    server, make_broker
+):
+    broker = make_broker()
+    broker.create_topic("t")
+    s = Recorder()
+    broker.subscribe("t", s)
+    admin = redis.Redis.from_url(server.url)
+    admin.script_flush()  # what a Redis restart does to the scripts the gateway loaded
+    results = broker.publish_many([Publish("t", str(i), enc(i)) for i in range(5)])
+    assert [e.seq for e in results] == [1, 2, 3, 4, 5]
+    s.wait(lambda r: len(r.events) == 5)
+    assert [loads(e.payload) for e in s.events] == list(range(5))
+    admin.close()

@@ -210,12 +210,13 @@ class RedisBroker(Broker):
 
     @unavailable
     def publish_many(self, requests: Sequence[Publish]) -> list[Event | Exception]:
-        # One pipeline for the batch: a round trip per batch instead of per publish
-        # (redis-py checks the script is loaded first, one more). Scripts run in order.
+        # One pipeline for the batch: one round trip instead of one per publish. The script
+        # is called by its hash; if Redis lost it (a restart), it is loaded and what it
+        # refused is sent again, in order (a refused call did nothing).
         if len(requests) < 2:
             return super().publish_many(requests)
         results: list[Event | Exception | None] = [None] * len(requests)
-        sent: list[tuple[int, str]] = []
+        sent: list[tuple[int, str, list, list]] = []
         pipe = self._redis.pipeline(transaction=False)
         for index, request in enumerate(requests):
             topic = request.topic
@@ -227,13 +228,15 @@ class RedisBroker(Broker):
             keys, args = self._publish_call(
                 topic, request.message_id, request.payload, request.publisher, None, epoch
             )
-            self._publish_script(keys=keys, args=args, client=pipe)
-            sent.append((index, epoch))
+            pipe.evalsha(self._publish_script.sha, len(keys), *keys, *args)
+            sent.append((index, epoch, keys, args))
         replies = pipe.execute(raise_on_error=False) if sent else []
-        for (index, epoch), reply in zip(sent, replies, strict=True):
+        for (index, epoch, keys, args), reply in zip(sent, replies, strict=True):
             request = requests[index]
             try:
-                if isinstance(reply, Exception):
+                if isinstance(reply, redis.exceptions.NoScriptError):
+                    reply = self._publish_script(keys=keys, args=args)
+                elif isinstance(reply, Exception):
                     raise reply
                 event = self._published_event(request.topic, epoch, reply)
                 if event is None:
