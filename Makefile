@@ -13,10 +13,14 @@ SECRET_FILE := instance/jwt-secret
 # lists the targets. Targets with a `## text` comment show up in `make help`.
 .DEFAULT_GOAL := $(BIN)/activate
 
-$(BIN)/activate: requirements.txt requirements-dev.txt
+# The project itself goes in last, editable and without dependencies (requirements*.txt pin
+# them): that puts the `gw` command-line client in $(BIN) (docs/cli.md). Twice quiet: only
+# errors, not setuptools' notice that every editable install prints.
+$(BIN)/activate: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --quiet --no-deps -e .
 	touch $(BIN)/activate
 
 $(SECRET_FILE):

@@ -28,6 +28,7 @@ ALLOWED = {
             "gateway.config",
             "gateway.supervisor",
             "gateway.guards",
+            "gateway.metrics",
         },
         {"gevent", "wsproto", "orjson", "gunicorn"},
     ),
@@ -53,6 +54,7 @@ ALLOWED = {
             "gateway.brokers",
             "gateway.protocol",
             "gateway.http",
+            "gateway.metrics",
         },
         {"flask", "flask_limiter", "limits", "flask_jwt_extended", "orjson", "redis", "werkzeug"},
     ),
@@ -66,6 +68,11 @@ ALLOWED = {
             "gateway.guards.access",  # Forbidden -> 403
         },
         {"flask", "werkzeug", "orjson"},
+    ),
+    # The command-line client runs in a plain process: none of the server, no Flask, no gevent.
+    "client": (
+        {"gateway.client"},
+        {"simple_websocket", "orjson", "platformdirs"},
     ),
 }
 
