@@ -5,18 +5,24 @@ master, so that a bad value stops the whole server at once instead of leaving gu
 respawning a worker that can never boot.
 """
 
+import contextlib
 import os
 import resource
-import sys
+import shutil
+import tempfile
 
-from gateway.config import ConfigError, load_settings
+from gateway import logs
+from gateway.config import ConfigError, load_settings, log_format_from
 
 
 def _fail(message):
-    print(f"configuration error: {message}", file=sys.stderr, flush=True)
+    logs.report_fatal(f"configuration error: {message}")
     raise SystemExit(2)
 
 
+# First, so that a configuration error is written in LOG_FORMAT too (unless LOG_FORMAT is it).
+with contextlib.suppress(ConfigError):
+    logs.set_format(log_format_from(os.environ))
 try:
     _settings = load_settings()
 except ConfigError as exc:
@@ -59,6 +65,17 @@ timeout = max(30, _settings.shutdown_grace_seconds + 10)
 keepalive = 5
 loglevel = {10: "debug", 20: "info", 30: "warning", 40: "error"}[_settings.log_level]
 errorlog = "-"
+if _settings.log_format == "json":  # gunicorn's own lines too (docs/operations.md "Logging")
+    logger_class = logs.json_gunicorn_logger()
+# Prometheus metrics of every worker in one scrape (docs/operations.md "Metrics"): each worker
+# writes its values to files in this directory, set before any worker imports the app. A
+# directory given in the environment is emptied at start; one made here is removed at exit.
+_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
+_metrics_dir_made = not _metrics_dir
+if _metrics_dir_made:
+    _metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+os.makedirs(_metrics_dir, exist_ok=True)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 # gunicorn 27's control socket sits at one per-user path: several gateways on one host
 # (tests, blue/green) would fight over it, and nothing here uses it.
 control_socket_disable = True
@@ -110,6 +127,10 @@ def on_starting(server):
                 pool,
                 wanted,
             )
+    # Metric values a previous run left would add up with this run's.
+    for entry in os.scandir(_metrics_dir):
+        if entry.name.endswith(".db"):
+            os.unlink(entry.path)
     # Workers fork from this process and read it in their Settings.
     os.environ["MAX_CONNECTIONS_PER_WORKER"] = str(capacity)
 
@@ -145,6 +166,18 @@ def post_worker_init(worker):
         stop_worker(signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def child_exit(server, worker):
+    """Forget a dead worker's gauges (its counters stay: they are what it counted)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid, _metrics_dir)
+
+
+def on_exit(server):
+    if _metrics_dir_made:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)
 
 
 def worker_exit(server, worker):

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
+from gateway import logs
 from gateway.app import create_app
-from gateway.config import ConfigError
+from gateway.config import ConfigError, log_format_from
 
 try:
+    # Before the app, so that its first lines and a configuration error are in LOG_FORMAT.
+    logs.set_format(log_format_from(os.environ))
     app = create_app()
 except ConfigError as exc:
-    raise SystemExit(f"configuration error: {exc}") from None
+    logs.report_fatal(f"configuration error: {exc}")
+    raise SystemExit(1) from None

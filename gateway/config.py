@@ -6,7 +6,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
 
@@ -24,6 +24,8 @@ LOG_LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+# LOG_FORMAT: key=value text lines, or one JSON object per line (gateway.logs).
+LOG_FORMATS = ("text", "json")
 
 
 # The deepest MAX_JSON_DEPTH: orjson writes at most 254 levels, and a stored payload sits
@@ -74,6 +76,7 @@ class Settings:
     allowed_origins: tuple[str, ...] = ("*",)
     allowed_methods: tuple[str, ...] = ("*",)
     log_level: int = logging.INFO
+    log_format: str = "text"
     jwt_expires_minutes: int = 1440
     ring_buffer_size: int = 100
     subscriber_queue_size: int = 100
@@ -95,6 +98,8 @@ class Settings:
     # Open WebSockets plus SSE streams one worker accepts; 0 is no limit. Under gunicorn,
     # gunicorn.conf.py sets it from worker_connections unless the environment does.
     max_connections_per_worker: int = 0
+    # The Bearer token GET /metrics requires; None leaves it open (docs/operations.md "Metrics").
+    metrics_token: str | None = field(default=None, repr=False)
 
     def origin_allowed(self, origin: str | None) -> bool:
         """Tell whether a WebSocket upgrade from this Origin may proceed (docs/rest-api.md)."""
@@ -223,6 +228,14 @@ def log_level_from(env: Mapping[str, str]) -> int:
     return LOG_LEVELS[raw]
 
 
+def log_format_from(env: Mapping[str, str]) -> str:
+    """Return the log format named by LOG_FORMAT (text or json), or raise ConfigError."""
+    raw = env.get("LOG_FORMAT", "text").strip().lower() or "text"
+    if raw not in LOG_FORMATS:
+        raise ConfigError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}; got {raw!r}")
+    return raw
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from environment variables, raising ConfigError on bad values."""
     env = os.environ if env is None else env
@@ -233,6 +246,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         allowed_origins=_list(env, "ALLOWED_CORS_ORIGIN"),
         allowed_methods=_list(env, "ALLOWED_CORS_METHOD"),
         log_level=log_level_from(env),
+        log_format=log_format_from(env),
         jwt_expires_minutes=_int(env, "JWT_EXPIRES_MINUTES", 1440, 1),
         ring_buffer_size=_int(env, "RING_BUFFER_SIZE", 100, 0),
         subscriber_queue_size=_int(env, "SUBSCRIBER_QUEUE_SIZE", 100, 1),
@@ -251,4 +265,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_subscriptions_per_connection=_int(env, "MAX_SUBSCRIPTIONS_PER_CONNECTION", 100, 0),
         max_connections_per_user=_int(env, "MAX_CONNECTIONS_PER_USER", 20, 0),
         max_connections_per_worker=_int(env, "MAX_CONNECTIONS_PER_WORKER", 0, 0),
+        metrics_token=_metrics_token(env),
     )
+
+
+def _metrics_token(env: Mapping[str, str]) -> str | None:
+    token = env.get("METRICS_TOKEN", "").strip()
+    if not token:
+        return None
+    if len(token) < 16 or any(c.isspace() or not c.isprintable() for c in token):
+        raise ConfigError(
+            "METRICS_TOKEN must be at least 16 printable characters without spaces "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return token

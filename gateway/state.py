@@ -11,6 +11,7 @@ from gateway.accounts.store import UserStore
 from gateway.brokers import Broker
 from gateway.config import Settings
 from gateway.guards.access import Roles
+from gateway.metrics import Sampler
 from gateway.transport.registry import Registry
 
 EXTENSION = "gateway"
@@ -25,6 +26,7 @@ class GatewayState:
     users: UserStore
     registry: Registry
     roles: Roles
+    sampler: Sampler
     started_at: float = field(default_factory=time.monotonic)
 
 
@@ -55,6 +57,11 @@ def get_registry() -> Registry:
 def get_roles() -> Roles:
     """Return the current app's Roles (who is an admin)."""
     return _state().roles
+
+
+def get_sampler() -> Sampler:
+    """Return the current app's metrics Sampler (its gauges)."""
+    return _state().sampler
 
 
 def uptime_seconds() -> int:

@@ -69,6 +69,21 @@ def test_unknown_log_level_is_refused():
         load_settings({**BASE, "LOG_LEVEL": "loud"})
 
 
+@pytest.mark.parametrize(
+    ("value", "log_format"),
+    [(None, "text"), ("", "text"), ("text", "text"), ("json", "json"), (" JSON ", "json")],
+)
+def test_log_formats(value, log_format):
+    env = BASE if value is None else {**BASE, "LOG_FORMAT": value}
+    assert load_settings(env).log_format == log_format
+
+
+@pytest.mark.parametrize("value", ["xml", "logfmt", "json lines"])
+def test_unknown_log_format_is_refused(value):
+    with pytest.raises(ConfigError, match="LOG_FORMAT must be one of text, json"):
+        load_settings({**BASE, "LOG_FORMAT": value})
+
+
 def test_cors_lists_are_split_and_trimmed():
     settings = load_settings(
         {

@@ -197,6 +197,29 @@ def run_sends(sends: list[Callable[[], None]]) -> None:
 Encoder = Callable[[Event], bytes]
 
 
+class Observer(Protocol):
+    """What a broker reports as it works, for metrics (gateway.metrics.BrokerMetrics is one)."""
+
+    def published(self, count: int) -> None:
+        """`count` messages were given a seq by this process."""
+
+    def fanned_out(self, events: Sequence[Event], deliveries: int) -> None:
+        """`events` reached every local subscriber: `deliveries` queue appends, writes run."""
+
+
+class _Unobserved:
+    __slots__ = ()
+
+    def published(self, count: int) -> None:
+        pass
+
+    def fanned_out(self, events: Sequence[Event], deliveries: int) -> None:
+        pass
+
+
+UNOBSERVED: Observer = _Unobserved()
+
+
 class Broker(ABC):
     """Topics with a history ring and a per-topic seq, and fan-out to local subscribers.
 
@@ -338,6 +361,10 @@ class Broker(ABC):
     @abstractmethod
     def following(self, subscriber: Subscriber) -> frozenset[str]:
         """Return the topics a local subscriber follows (MAX_SUBSCRIPTIONS_PER_CONNECTION)."""
+
+    @abstractmethod
+    def local_subscriptions(self) -> int:
+        """Return how many subscriptions this process's subscribers hold."""
 
     @abstractmethod
     def subscriber_count(self) -> int:

@@ -25,6 +25,8 @@ class Fanout:
     def __init__(self) -> None:
         self._topics: dict[str, dict[Subscriber, int]] = {}
         self._by_subscriber: dict[Subscriber, set[str]] = {}
+        # Events handed to a subscriber so far (the deliveries metric reads the difference).
+        self.delivered = 0
 
     def add(self, topic: str, subscriber: Subscriber, floor: int = 0) -> bool:
         """Subscribe; False (and nothing changes) if already subscribed."""
@@ -96,6 +98,7 @@ class Fanout:
         subscribers = self._topics.get(event.topic)
         if subscribers:
             seq = event.seq
+            delivered = 0
             for subscriber, floor in subscribers.items():
                 if seq > floor:
                     try:
@@ -104,8 +107,10 @@ class Fanout:
                         # A fault in one subscriber must not cost the others their event.
                         log.exception("deliver_failed topic=%s seq=%d", event.topic, seq)
                         continue
+                    delivered += 1
                     if send is not None:
                         sends.append(send)
+            self.delivered += delivered
         return sends
 
     def topics_of(self, subscriber: Subscriber) -> frozenset[str]:

@@ -10,6 +10,7 @@ from collections import Counter, OrderedDict, deque
 from gateway.brokers.contract import (
     IDEMPOTENCY_KEYS_PER_TOPIC,
     IDEMPOTENCY_SECONDS,
+    UNOBSERVED,
     Access,
     Broker,
     Check,
@@ -17,6 +18,7 @@ from gateway.brokers.contract import (
     Event,
     History,
     LimitExceeded,
+    Observer,
     Quotas,
     Subscriber,
     Subscription,
@@ -99,8 +101,15 @@ class MemoryBroker(Broker):
     same reason registering a subscriber and snapshotting its replay are one atomic step.
     """
 
-    def __init__(self, ring_size: int, encode: Encoder, quotas: Quotas | None = None) -> None:
+    def __init__(
+        self,
+        ring_size: int,
+        encode: Encoder,
+        quotas: Quotas | None = None,
+        observer: Observer = UNOBSERVED,
+    ) -> None:
         self._ring_size = ring_size
+        self._observer = observer
         self._encode = encode
         self._quotas = quotas or Quotas()
         self._lock = threading.Lock()
@@ -211,8 +220,12 @@ class MemoryBroker(Broker):
                 state.keep(stored, self._ring_size, self._quotas.ring_bytes)
             if key is not None:
                 state.remember(key, event)
+            before = self._fanout.delivered
             sends = self._fanout.deliver(event)
+            deliveries = self._fanout.delivered - before
         run_sends(sends)
+        self._observer.published(1)
+        self._observer.fanned_out((event,), deliveries)
         return event
 
     def subscribe(
@@ -265,6 +278,9 @@ class MemoryBroker(Broker):
     def subscriber_count(self) -> int:
         with self._lock:
             return sum(self._fanout.counts().values())
+
+    def local_subscriptions(self) -> int:
+        return self.subscriber_count()
 
     def claim_connection(self, user: str, limit: int) -> bool:
         with self._lock:

@@ -10,6 +10,7 @@ import logging
 
 from flask import Flask, g
 
+from gateway import metrics
 from gateway.brokers import Broker, LimitExceeded
 from gateway.http.errors import ApiError
 from gateway.state import get_broker, get_registry, get_settings
@@ -63,6 +64,7 @@ def admit_connection(user_id: str, transport: str) -> None:
     limit = get_settings().max_connections_per_user
     if not broker.claim_connection(user_id, limit):
         log.info("%s_rejected status=429 reason=connections_per_user limit=%d", transport, limit)
+        metrics.rate_limited("connections")
         raise LimitExceeded(f"you already have the maximum of {limit} open connections")
     g.connection_claim = Claim(broker, user_id)
 

@@ -30,6 +30,7 @@ from flask_jwt_extended import get_jwt_identity
 from flask_limiter import Limiter, RateLimitExceeded, RequestLimit
 from werkzeug.exceptions import HTTPException
 
+from gateway import metrics
 from gateway.config import Rate, Settings
 from gateway.http.errors import error_response
 from gateway.protocol import RATE_LIMITED
@@ -217,6 +218,7 @@ def _user_key() -> str:
 
 def _refusal(rate: Rate, scope: str, key: str, message: str) -> Callable[[RequestLimit], Response]:
     def refuse(limit: RequestLimit) -> Response:
+        metrics.rate_limited("login" if scope == "login" else "publish_http")
         retry_after = _seconds_left(limit, rate)
         log.info(
             "rate_limited scope=%s key=%s %s limit=%s retry_after=%d id=%s",

@@ -10,6 +10,7 @@ subscriber share (holding live events during a replay, drop-oldest accounting);
 graceful shutdown); `upgrade` takes a WebSocket from the upgrade request to a served
 connection; `libraries` is the one place that touches flask-sock, simple-websocket,
 wsproto and gunicorn internals. The package may import `gateway.brokers`,
-`gateway.protocol`, `gateway.config`, `gateway.supervisor` and `gateway.guards`; it never
-imports Flask views or accounts.
+`gateway.protocol`, `gateway.config`, `gateway.supervisor`, `gateway.guards` and
+`gateway.metrics` (counters of drops, slow consumers, resumes); it never imports Flask
+views or accounts.
 """

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from gateway import metrics
 from gateway.brokers import Event
 
 
@@ -75,6 +76,7 @@ class Losses:
 
     def record(self, topic: str, seq: int) -> None:
         """Count the drop of `topic`'s event `seq` (drops are oldest first)."""
+        metrics.dropped(1)
         lost = self._topics.get(topic)
         if lost is None:
             self._topics[topic] = [1, seq, seq]

@@ -27,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from gateway import protocol
+from gateway import metrics, protocol
 from gateway.transport import wsframes
 from gateway.transport.delivery import Losses
 from gateway.transport.sockets import Sender
@@ -219,6 +219,7 @@ class Outbox:
         """Queue a reply, or close a client that lets too many go unread (lock held)."""
         if len(self._frames) - self._events >= self._control_limit:
             log.warning("slow_consumer conn=%s reason=unread_replies", self.conn_id)
+            metrics.slow_consumer_closed()
             error = protocol.error(protocol.SLOW_CONSUMER, "too many unread replies")
             self._queue_close(wsframes.text(error), 4008, "slow consumer")
         else:
@@ -348,6 +349,7 @@ class Outbox:
             queued = len(self._frames)
             self._state = CLOSED
             self._frames.clear()
+        metrics.slow_consumer_closed()
         log.warning(
             "slow_consumer conn=%s write_timeout=%ss queued=%d",
             self.conn_id,

@@ -108,6 +108,10 @@ class Registry:
         """Return the number of open sessions and SSE streams."""
         return len(self._sessions) + len(self._streams)
 
+    def counts(self) -> tuple[int, int]:
+        """Return the number of open WebSockets and of open SSE streams."""
+        return len(self._sessions), len(self._streams)
+
     def at_capacity(self) -> bool:
         """Tell whether another connection would exceed `capacity`."""
         return self.capacity is not None and self.count() >= self.capacity

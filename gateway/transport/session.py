@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
-from gateway import protocol
+from gateway import metrics, protocol
 from gateway.brokers import (
     Broker,
     BrokerUnavailable,
@@ -184,6 +184,7 @@ class Session:
     def _admitted(self, command: protocol.Publish) -> protocol.Publish:
         """Return `command` if the rate limit lets it through; raise RATE_LIMITED if not."""
         if self._bucket is not None and (wait := self._bucket.take()):
+            metrics.rate_limited("publish_ws")
             raise ProtocolError(
                 protocol.RATE_LIMITED,
                 f"publishing faster than {self._publish_rate}; retry in {wait:.2f}s",
@@ -274,6 +275,8 @@ class Session:
             if isinstance(exc, TopicNotFound):
                 raise _not_found(topic, command.request_id) from None
             raise
+        if command.since_seq is not None:
+            metrics.resumed(subscription.recovered)
         outbox = self.outbox
         with self._lock:
             self._reply(_subscribe_ack(command, subscription))

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 
 import orjson
 
-from gateway import protocol
+from gateway import metrics, protocol
 from gateway.brokers import Broker, Check, Event, Subscription
 from gateway.transport import libraries
 from gateway.transport.delivery import Holding, Losses
@@ -135,6 +135,8 @@ class SseStream:
             with self._lock:
                 self._holding.cancel(self.topic)
             raise
+        if since_seq is not None:
+            metrics.resumed(subscription.recovered)
         body = {
             "topic": self.topic,
             "seq": subscription.seq,

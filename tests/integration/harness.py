@@ -37,6 +37,7 @@ CONFIG_VARS = (
     "ALLOWED_CORS_ORIGIN",
     "ALLOWED_CORS_METHOD",
     "LOG_LEVEL",
+    "LOG_FORMAT",
     "JWT_EXPIRES_MINUTES",
     "RING_BUFFER_SIZE",
     "SUBSCRIBER_QUEUE_SIZE",
@@ -56,6 +57,8 @@ CONFIG_VARS = (
     "MAX_SUBSCRIPTIONS_PER_CONNECTION",
     "MAX_CONNECTIONS_PER_USER",
     "MAX_CONNECTIONS_PER_WORKER",
+    "METRICS_TOKEN",
+    "PROMETHEUS_MULTIPROC_DIR",
     "HOST",
     "GUNICORN_CMD_ARGS",
     "FLASK_APP",
@@ -153,6 +156,8 @@ class Server:
                 full[key] = str(value)
         self.env = full
         if kind == "gunicorn":
+            # Metric files in the test's own folder: a killed server leaves nothing in /tmp.
+            full.setdefault("PROMETHEUS_MULTIPROC_DIR", str(self.dir / "prometheus"))
             self.cmd = [
                 sys.executable,
                 "-m",

@@ -20,6 +20,7 @@ import redis
 from gateway.brokers.contract import (
     IDEMPOTENCY_KEYS_PER_TOPIC,
     IDEMPOTENCY_SECONDS,
+    UNOBSERVED,
     Access,
     Broker,
     BrokerUnavailable,
@@ -28,6 +29,7 @@ from gateway.brokers.contract import (
     Event,
     History,
     LimitExceeded,
+    Observer,
     Publish,
     Quotas,
     Subscriber,
@@ -59,8 +61,10 @@ class RedisBroker(Broker):
         encode: Encoder,
         prefix: str = "gw",
         quotas: Quotas | None = None,
+        observer: Observer = UNOBSERVED,
     ) -> None:
         self._ring_size = ring_size
+        self._observer = observer
         self._quotas = quotas or Quotas()
         self._keys = scripts.Keys(prefix)
         worker = uuid.uuid4().hex[:12]
@@ -89,6 +93,7 @@ class RedisBroker(Broker):
             self._access,
             encode,
             self._stopping,
+            observer,
         )
         self._listener_loop: Loop | None = None
         self._beat: Loop | None = None
@@ -295,7 +300,8 @@ class RedisBroker(Broker):
         # Local subscribers get the event from the channel, in seq order with everyone else;
         # a repeated idempotency key returns the first publish's entry and sends nothing.
         event = scripts.read_entry(topic, entry)
-        if created:
+        if created:  # a new message, not the repeat of an idempotency key
+            self._observer.published(1)
             # PUBLISH continues above it if Redis went back in a failover, within the same
             # creation of the topic (docs/operations.md "Redis Sentinel").
             if len(self._published) >= _PUBLISHED_KEPT and topic not in self._published:
@@ -396,6 +402,10 @@ class RedisBroker(Broker):
             for topic in self._fanout.remove_all(subscriber):
                 self._counts.changed(topic, -1)
         self._counts.flush()
+
+    def local_subscriptions(self) -> int:
+        with self._lock:
+            return sum(self._fanout.counts().values())
 
     @unavailable
     def subscriber_count(self) -> int:

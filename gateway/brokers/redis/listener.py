@@ -16,7 +16,14 @@ import uuid
 
 import redis
 
-from gateway.brokers.contract import BrokerUnavailable, Encoder, Event, run_sends
+from gateway.brokers.contract import (
+    UNOBSERVED,
+    BrokerUnavailable,
+    Encoder,
+    Event,
+    Observer,
+    run_sends,
+)
 from gateway.brokers.fanout import Fanout
 from gateway.brokers.redis.access import AccessStore
 from gateway.brokers.redis.counts import ClusterCounts
@@ -49,6 +56,7 @@ class Listener:
         access: AccessStore,
         encode: Encoder,
         stopping: threading.Event,
+        observer: Observer = UNOBSERVED,
     ) -> None:
         self._redis = client
         self._keys = keys
@@ -71,6 +79,9 @@ class Listener:
         self._channels = keys.of("chan", "")  # every topic channel's name starts so
         # Socket writes made due by the burst being handled (_burst runs them at its end).
         self._sends: list = []
+        # The events of the burst and the deliveries they made, for the observer.
+        self._observer = observer
+        self._events: list[Event] = []
         self.connected = False  # the listener holds a live pub/sub connection
 
     def listen_to(self, topic: str) -> None:
@@ -170,6 +181,11 @@ class Listener:
         finally:
             sends, self._sends = self._sends, []
             run_sends(sends)
+            if self._events:
+                events, self._events = self._events, []
+                with self._lock:
+                    deliveries, self._fanout.delivered = self._fanout.delivered, 0
+                self._observer.fanned_out(events, deliveries)
 
     def _handle(self, message: dict) -> None:
         channel = message["channel"].decode()
@@ -321,3 +337,4 @@ class Listener:
                 return
             self._last_seq[event.topic] = event.seq
             self._sends += self._fanout.deliver(event)
+        self._events.append(event)
