@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from flask import Flask, g, request
 from flask_cors import CORS
 
-from gateway import protocol
+from gateway import metrics, protocol
 from gateway.accounts import cli as accounts_cli
 from gateway.accounts.sqlite import SqliteUserStore
 from gateway.accounts.store import UserStore
@@ -41,7 +41,7 @@ _EVERY_METHOD = ("GET", "HEAD", "POST", "OPTIONS", "PUT", "PATCH", "DELETE")
 def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     """Build a gateway app from the environment, or from `test_config` variables in tests."""
     settings = load_settings(test_config)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     app = Flask("gateway", instance_relative_config=True)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_message_bytes,
@@ -68,16 +68,19 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     _answer_preflights(app)
 
     user_store = _make_user_store(app, settings)
+    broker = _make_broker(settings).start()
+    registry = Registry(
+        settings.heartbeat_interval,
+        settings.shutdown_grace_seconds,
+        settings.max_connections_per_worker or None,
+    )
     state = GatewayState(
         settings=settings,
-        broker=_make_broker(settings).start(),
+        broker=broker,
         users=user_store,
-        registry=Registry(
-            settings.heartbeat_interval,
-            settings.shutdown_grace_seconds,
-            settings.max_connections_per_worker or None,
-        ),
+        registry=registry,
         roles=Roles(lambda user_id: _role_of(user_store, user_id)),
+        sampler=_make_sampler(broker, registry),
     )
     app.extensions[EXTENSION] = state
     # The Flask dev server ends on Ctrl-C by returning from serve_forever; draining here
@@ -85,12 +88,15 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     atexit.register(_drain_at_exit, weakref.ref(state.registry))
     atexit.register(_close_at_exit, weakref.ref(state.broker))
 
-    from blueprints import messages, topics, users, ws
+    from blueprints import console, messages, metrics, openapi, topics, users, ws
 
     app.register_blueprint(users.bp)
     app.register_blueprint(topics.bp)
     app.register_blueprint(messages.bp)
     app.register_blueprint(ws.bp)
+    app.register_blueprint(openapi.bp)
+    app.register_blueprint(console.bp)
+    app.register_blueprint(metrics.bp)
     admission.init_app(app)
     return app
 
@@ -104,8 +110,9 @@ def _make_broker(settings: Settings) -> Broker:
         max_topics=settings.max_topics,
         max_topics_per_user=settings.max_topics_per_user,
     )
+    observer = metrics.BrokerMetrics()
     if settings.broker_url == "memory://":
-        return MemoryBroker(settings.ring_buffer_size, encode, quotas)
+        return MemoryBroker(settings.ring_buffer_size, encode, quotas, observer)
     # Imported only when used: redis must load after gevent has patched the worker.
     from gateway.brokers.redis import RedisBroker
 
@@ -114,7 +121,24 @@ def _make_broker(settings: Settings) -> Broker:
         settings.ring_buffer_size,
         encode,
         quotas=quotas,
+        observer=observer,
     )
+
+
+def _make_sampler(broker: Broker, registry: Registry) -> metrics.Sampler:
+    """The gauges' Sampler; it samples by itself only where several workers share metrics.
+
+    A worker's gauges must be written for a scrape of another worker to read them; a process
+    with its metrics to itself (the dev server, tests) sets them when scraped.
+    """
+
+    def sample() -> tuple[int, int, int, bool]:
+        return (*registry.counts(), broker.local_subscriptions(), not broker.problems())
+
+    sampler = metrics.Sampler(sample, lambda: len(broker.topics()))
+    if metrics.multiprocess_dir() is not None:
+        sampler.start()
+    return sampler
 
 
 def _role_of(users: UserStore, user_id: str) -> str | None:
@@ -154,6 +178,13 @@ def _install_request_log(app: Flask) -> None:
         if g.get("websocket_served"):
             return response  # the WebSocket logs its own connect and disconnect lines
         response.headers["X-Request-ID"] = g.request_id
+        seconds = time.perf_counter() - g.started
+        # Labelled by route, never by path: a client cannot mint new series.
+        rule = request.url_rule
+        method = request.method if request.method in _EVERY_METHOD else "OTHER"
+        metrics.http_request(
+            rule.rule if rule is not None else "unmatched", method, response.status_code, seconds
+        )
         level = logging.INFO if response.status_code < 500 else logging.ERROR
         log.log(
             level,
@@ -162,7 +193,7 @@ def _install_request_log(app: Flask) -> None:
             request.method,
             request.path,
             response.status_code,
-            (time.perf_counter() - g.started) * 1000,
+            seconds * 1000,
             f" error={g.error!r}" if g.get("error") else "",
         )
         return response
