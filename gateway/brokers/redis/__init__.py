@@ -6,7 +6,8 @@ one atomic step, so every worker receives one order. Each worker subscribes to a
 channel once, when it first has a local subscriber, and fans events out to its own
 connections through the same `Fanout` as the memory broker.
 
-`broker` holds the operations (RedisBroker), `scripts` the key layout and the Lua scripts,
+`broker` holds the operations (RedisBroker), `publishing` its publishes (one Lua call, or a
+pipeline of them for a client's batch), `scripts` the key layout and the Lua scripts,
 `client` the bounded connection pool, `listener` the pub/sub listener and its gap repair,
 `counts` the subscriber and connection counts across workers and their heartbeat.
 gateway.app imports this package only for a Redis BROKER_URL (redis://, rediss:// or

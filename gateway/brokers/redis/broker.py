@@ -11,19 +11,15 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Sequence
 
 import redis
 
 from gateway.brokers.contract import (
-    IDEMPOTENCY_KEYS_PER_TOPIC,
-    IDEMPOTENCY_SECONDS,
     UNOBSERVED,
     Access,
     Broker,
-    BrokerUnavailable,
     Check,
     Encoder,
     Event,
@@ -45,10 +41,8 @@ from gateway.brokers.redis.access import AccessStore
 from gateway.brokers.redis.client import connect, unavailable
 from gateway.brokers.redis.counts import ClusterCounts
 from gateway.brokers.redis.listener import Listener
+from gateway.brokers.redis.publishing import Publisher
 from gateway.supervisor import Loop
-
-# Topics whose last published seq a worker remembers (for failovers), at most.
-_PUBLISHED_KEPT = 100_000
 
 
 class RedisBroker(Broker):
@@ -64,17 +58,21 @@ class RedisBroker(Broker):
         observer: Observer = UNOBSERVED,
     ) -> None:
         self._ring_size = ring_size
-        self._observer = observer
         self._quotas = quotas or Quotas()
         self._keys = scripts.Keys(prefix)
         worker = uuid.uuid4().hex[:12]
         self._redis = connect(url)
-        self._publish_script = self._redis.register_script(scripts.PUBLISH)
         self._create_script = self._redis.register_script(scripts.CREATE)
         self._delete_script = self._redis.register_script(scripts.DELETE)
         self._access = AccessStore(self._redis, self._keys)
-        # The last seq this worker's publishes got, per topic, and the epoch it was got in.
-        self._published: dict[str, tuple[str, bytes]] = {}
+        self._publisher = Publisher(
+            self._redis,
+            self._keys,
+            self._access,
+            ring_size,
+            self._quotas.ring_bytes,
+            observer,
+        )
         # One lock for the fan-out and the local state of the listener and the counts: held
         # for a snapshot or an update, never across a Redis call.
         self._lock = threading.Lock()
@@ -153,7 +151,7 @@ class RedisBroker(Broker):
             epoch = known.epoch
         keys = self._keys.delete(name)
         self._access.forget(name)
-        self._published.pop(name, None)
+        self._publisher.forget(name)
         deleted = self._delete_script(keys=keys, args=[name, epoch])
         if deleted == -1:  # deleted and created again since the check: check the new one
             self.delete_topic(name, check)
@@ -204,110 +202,13 @@ class RedisBroker(Broker):
         publisher: str | None = None,
         check: Check | None = None,
     ) -> Event:
-        epoch = self._access.checked(topic, check) if check is not None else ""
-        keys, args = self._publish_call(
-            topic, message_id, payload, publisher, idempotency_key, epoch
+        return self._publisher.publish(
+            topic, message_id, payload, idempotency_key, publisher, check
         )
-        event = self._published_event(topic, epoch, self._publish_script(keys=keys, args=args))
-        if event is None:  # checked against a topic since deleted and created again
-            return self.publish(topic, message_id, payload, idempotency_key, publisher, check)
-        return event
 
     @unavailable
     def publish_many(self, requests: Sequence[Publish]) -> list[Event | Exception]:
-        # One pipeline for the batch: one round trip instead of one per publish. The script
-        # is called by its hash; if Redis lost it (a restart), it is loaded and what it
-        # refused is sent again, in order (a refused call did nothing).
-        if len(requests) < 2:
-            return super().publish_many(requests)
-        results: list[Event | Exception | None] = [None] * len(requests)
-        sent: list[tuple[int, str, list, list]] = []
-        pipe = self._redis.pipeline(transaction=False)
-        for index, request in enumerate(requests):
-            topic = request.topic
-            try:
-                epoch = self._access.checked(topic, request.check) if request.check else ""
-            except Exception as exc:  # refused, or no such topic: this one alone fails
-                results[index] = exc
-                continue
-            keys, args = self._publish_call(
-                topic, request.message_id, request.payload, request.publisher, None, epoch
-            )
-            pipe.evalsha(self._publish_script.sha, len(keys), *keys, *args)
-            sent.append((index, epoch, keys, args))
-        replies = pipe.execute(raise_on_error=False) if sent else []
-        for (index, epoch, keys, args), reply in zip(sent, replies, strict=True):
-            request = requests[index]
-            try:
-                if isinstance(reply, redis.exceptions.NoScriptError):
-                    reply = self._publish_script(keys=keys, args=args)
-                elif isinstance(reply, Exception):
-                    raise reply
-                event = self._published_event(request.topic, epoch, reply)
-                if event is None:
-                    event = self.publish(
-                        request.topic,
-                        request.message_id,
-                        request.payload,
-                        publisher=request.publisher,
-                        check=request.check,
-                    )
-                results[index] = event
-            except (redis.ConnectionError, redis.TimeoutError, BrokerUnavailable):
-                raise
-            except Exception as exc:
-                results[index] = exc
-        return results  # type: ignore[return-value]
-
-    def _publish_call(
-        self,
-        topic: str,
-        message_id: str,
-        payload: bytes,
-        publisher: str | None,
-        idempotency_key: str | None,
-        epoch: str,
-    ) -> tuple[list[str], list]:
-        """Return the KEYS and ARGV of one PUBLISH."""
-        keys = self._keys.publish(topic, publisher or "", idempotency_key)
-        body = scripts.pack_message(message_id, payload, time.time())
-        if idempotency_key is None:
-            ttl, head = "", b""
-        else:
-            # What a duplicate is told: the message without its payload.
-            ttl, head = IDEMPOTENCY_SECONDS, body[: body.index(b"\n") + 1]
-        args = [
-            topic,
-            body,
-            self._ring_size,
-            ttl,
-            self._quotas.ring_bytes,
-            IDEMPOTENCY_KEYS_PER_TOPIC,
-            head,
-            epoch,  # the creation of the topic whose access was checked, if any
-            *self._published.get(topic, ("", "")),
-        ]
-        return keys, args
-
-    def _published_event(self, topic: str, epoch: str, reply: list) -> Event | None:
-        """Read PUBLISH's reply; None if the topic was created again since the check."""
-        seq, entry, *created = reply
-        if seq == -2:
-            self._access.forget(topic)
-            return None
-        if seq < 0:
-            raise TopicNotFound(topic)
-        # Local subscribers get the event from the channel, in seq order with everyone else;
-        # a repeated idempotency key returns the first publish's entry and sends nothing.
-        event = scripts.read_entry(topic, entry)
-        if created:  # a new message, not the repeat of an idempotency key
-            self._observer.published(1)
-            # PUBLISH continues above it if Redis went back in a failover, within the same
-            # creation of the topic (docs/operations.md "Redis Sentinel").
-            if len(self._published) >= _PUBLISHED_KEPT and topic not in self._published:
-                self._published.clear()  # a bound: names of deleted topics pile up otherwise
-            self._published[topic] = (str(event.seq), created[0])
-        return event
+        return self._publisher.publish_many(requests)
 
     @unavailable
     def subscribe(
