@@ -98,7 +98,7 @@ class Fanout:
         subscribers = self._topics.get(event.topic)
         if subscribers:
             seq = event.seq
-            delivered = 0
+            missed = 0  # counted in the rare branches only: nothing per delivery
             for subscriber, floor in subscribers.items():
                 if seq > floor:
                     try:
@@ -106,11 +106,13 @@ class Fanout:
                     except Exception:
                         # A fault in one subscriber must not cost the others their event.
                         log.exception("deliver_failed topic=%s seq=%d", event.topic, seq)
+                        missed += 1
                         continue
-                    delivered += 1
                     if send is not None:
                         sends.append(send)
-            self.delivered += delivered
+                else:
+                    missed += 1
+            self.delivered += len(subscribers) - missed
         return sends
 
     def topics_of(self, subscriber: Subscriber) -> frozenset[str]:
