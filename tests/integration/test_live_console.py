@@ -266,7 +266,8 @@ def test_the_console_follows_a_topic_across_gateway_restarts(two_gateways, open_
 
     console.publish('{"n": 1, "from": "page"}')
     console.wait(lambda: console.seqs(topic) == [1], what="the page's own publish")
-    assert "seq 1" in console.text("publish-result")
+    # The event may arrive on the WebSocket before the HTTP answer the result line shows.
+    console.wait(lambda: "seq 1" in console.text("publish-result"), what="the publish result")
     publish_http(a, token, topic, {"n": 2, "from": "api"})
     console.wait(lambda: console.seqs(topic) == [1, 2], what="a publish over HTTP")
 
@@ -312,7 +313,10 @@ def test_the_console_follows_a_topic_across_gateway_restarts(two_gateways, open_
         lambda: any(f"Topic {topic} was deleted" in n for n in console.notices()),
         what="the topic_deleted notice",
     )
-    assert console.row("subscriptions", "data-topic", topic) is None
+    console.wait(
+        lambda: console.row("subscriptions", "data-topic", topic) is None,
+        what="the deleted topic gone from the subscriptions",
+    )
     assert console.csp_violations() == []
 
 
@@ -430,7 +434,11 @@ def test_members_are_managed_and_a_revoked_member_is_told(gw, open_console):
         lambda: any(f"access to {theirs} was revoked" in n for n in console.notices()),
         what="the access_revoked notice",
     )
-    assert console.row("subscriptions", "data-topic", theirs) is None
+    # The list is redrawn on the next animation frame, after the notice is shown.
+    console.wait(
+        lambda: console.row("subscriptions", "data-topic", theirs) is None,
+        what="the revoked subscription gone from the list",
+    )
     assert console.csp_violations() == []
 
 
@@ -452,7 +460,10 @@ def test_a_restarted_memory_gateway_has_forgotten_the_topic(server_factory, open
         lambda: any(f"{topic} no longer exists" in n for n in console.notices()),
         what="the notice that the topic is gone",
     )
-    assert console.row("subscriptions", "data-topic", topic) is None
+    console.wait(
+        lambda: console.row("subscriptions", "data-topic", topic) is None,
+        what="the forgotten topic gone from the subscriptions",
+    )
     assert console.seqs(topic) == [1]
 
 
