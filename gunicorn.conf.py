@@ -70,11 +70,14 @@ if _settings.log_format == "json":  # gunicorn's own lines too (docs/operations.
 # Prometheus metrics of every worker in one scrape (docs/operations.md "Metrics"): each worker
 # writes its values to files in this directory, set before any worker imports the app. A
 # directory given in the environment is emptied at start; one made here is removed at exit.
+# A reload (SIGHUP) runs this file again and finds the directory in the environment: a file
+# in it says that it is ours to remove.
 _metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
-_metrics_dir_made = not _metrics_dir
-if _metrics_dir_made:
+if not _metrics_dir:
     _metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+    open(os.path.join(_metrics_dir, ".made-by-gunicorn-conf"), "w").close()
 os.makedirs(_metrics_dir, exist_ok=True)
+_metrics_dir_made = os.path.exists(os.path.join(_metrics_dir, ".made-by-gunicorn-conf"))
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 # gunicorn 27's control socket sits at one per-user path: several gateways on one host
 # (tests, blue/green) would fight over it, and nothing here uses it.
@@ -191,4 +194,5 @@ def worker_exit(server, worker):
     app = getattr(worker, "wsgi", None)
     extensions = getattr(app, "extensions", None) or {}
     if "gateway" in extensions:
+        extensions["gateway"].sampler.stop()
         extensions["gateway"].broker.close()

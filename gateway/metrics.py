@@ -94,7 +94,8 @@ RESUMES = Counter(
 )
 FANOUT_SECONDS = Histogram(
     "gateway_publish_fanout_seconds",
-    "From a publish accepted to its frames handed to every local subscriber's socket",
+    "From a publish accepted to its frames handed to every local subscriber's socket "
+    "(events that reached a local subscriber)",
     buckets=_BUCKETS,
 )
 HTTP_REQUESTS = Counter(
@@ -143,8 +144,9 @@ class BrokerMetrics:
 
     def fanned_out(self, events: Sequence[Event], deliveries: int) -> None:
         """Called once the socket writes of `events` ran: `deliveries` queue appends in all."""
-        if deliveries:
-            DELIVERIES.inc(deliveries)
+        if not deliveries:
+            return  # nobody here follows them: no fan-out to time
+        DELIVERIES.inc(deliveries)
         now = time.time()
         for event in events:
             # The timestamp is taken when the publish is accepted (by whichever worker).
@@ -193,6 +195,7 @@ class Sampler:
 
     def start(self) -> Sampler:
         if self._thread is None:
+            self._set()  # at once: until then broker_up would read 0
             self._thread = threading.Thread(target=self._run, name="metrics", daemon=True)
             self._thread.start()
         return self

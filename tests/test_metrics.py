@@ -97,8 +97,9 @@ def test_publishes_deliveries_gauges_and_requests_are_counted(client, make_user)
         return value(after, name, **labels) - value(before, name, **labels)
 
     assert grew("gateway_messages_published_total") == 3
-    assert grew("gateway_publish_fanout_seconds_count") == 3
-    assert grew("gateway_deliveries_total") == 0  # nobody subscribed
+    # Nobody follows m1: no deliveries, and no fan-out to time.
+    assert grew("gateway_deliveries_total") == 0
+    assert grew("gateway_publish_fanout_seconds_count") == 0
     assert value(after, "gateway_topics") == 1  # this app's broker, set by the scrape
     assert value(after, "gateway_broker_up") == 1
     assert value(after, "gateway_connections", transport="ws") == 0
@@ -135,3 +136,45 @@ def test_the_grafana_dashboard_graphs_only_metrics_the_gateway_exposes(client):
         re.sub(r"_(bucket|count|sum)$", "", name) for name in exposed if name.startswith("gateway_")
     }
     assert not families - {re.sub(r"_(bucket|count|sum)$", "", n) for n in used}
+
+
+class Follower:
+    """A Subscriber that takes every event (and writes nothing)."""
+
+    def __init__(self, user_id: str = "u") -> None:
+        self.user_id = user_id
+        self.events = []
+
+    def deliver(self, event):
+        self.events.append(event)
+
+    def topic_deleted(self, topic):
+        pass
+
+    def access_revoked(self, topic):
+        pass
+
+
+def test_fan_out_is_counted_once_per_event_and_timed(app, client, make_user):
+    from gateway.state import get_broker
+
+    token = make_user()
+    auth = {"Authorization": f"Bearer {token}"}
+    assert client.post("/topics", json={"name": "m2"}, headers=auth).status_code == 201
+    followers = [Follower() for _ in range(3)]
+    with app.app_context():
+        for follower in followers:
+            get_broker().subscribe("m2", follower)
+    before = scrape(client)
+    for i in range(4):
+        response = client.post("/topics/m2/messages", json={"payload": i}, headers=auth)
+        assert response.status_code == 201
+    after = scrape(client)
+
+    def grew(name: str) -> float:
+        return value(after, name) - value(before, name)
+
+    assert [len(f.events) for f in followers] == [4, 4, 4]
+    assert grew("gateway_deliveries_total") == 12
+    assert grew("gateway_publish_fanout_seconds_count") == 4
+    assert value(after, "gateway_subscriptions") == 3

@@ -411,3 +411,33 @@ def test_a_broker_outage_refuses_every_publish_of_a_batch(setup):
         ("INTERNAL", "2"),
     ]
     assert replies[3]["type"] == "pong"
+
+
+def test_every_publish_of_a_batch_is_answered_when_the_admin_lookup_fails(setup):
+    """A refusal asks the user store whether the user is an admin; if that fails, that
+    publish gets INTERNAL and every other command still gets its own reply."""
+    broker, session, reader = setup
+    broker.create_topic("mine", owner="someone-else", publish="owner")
+
+    class BrokenRoles:
+        def is_admin(self, user: str) -> bool:
+            raise RuntimeError("the user store is down")
+
+    session._roles = BrokenRoles()
+
+    def publish(topic: str, rid: str) -> str:
+        message = {"id": rid, "payload": rid}
+        return json.dumps(
+            {"type": "publish", "topic": topic, "message": message, "request_id": rid}
+        )
+
+    session.handle_many([publish("t", "a"), publish("mine", "b"), publish("t", "c")])
+    reader.read_until(lambda frames: len(frames) == 3)
+    replies = reader.texts()
+    assert [(r["type"], r["request_id"]) for r in replies] == [
+        ("ack", "a"),
+        ("error", "b"),
+        ("ack", "c"),
+    ]
+    assert replies[1]["error"]["code"] == "INTERNAL"
+    assert [e.id for e in broker.history("t").events] == ["a", "c"]

@@ -218,17 +218,24 @@ class Session:
         except Exception as exc:  # the broker is unavailable (or a fault): each one is told
             results = [exc] * len(commands)
         for command, result in zip(commands, results, strict=True):
-            if isinstance(result, access.Forbidden) and user is not None and roles.is_admin(user):
-                self._one_publish(command)  # an admin may publish anywhere (docs/access.md)
-            elif isinstance(result, _REFUSALS):
-                self._refuse(self._refusal(result, command))
-            elif isinstance(result, Exception):
-                log.error("ws_internal_error conn=%s", self.conn_id, exc_info=result)
-                self._reply(
-                    protocol.error(protocol.INTERNAL, "internal server error", command.request_id)
-                )
-            else:
-                self._reply(protocol.ack(command.topic, command.request_id, result.seq))
+            # Every command gets exactly one reply, whatever fails while answering it (the
+            # admin lookup of a refusal reads the user store).
+            try:
+                if isinstance(result, access.Forbidden) and user and roles.is_admin(user):
+                    self._one_publish(command)  # an admin may publish anywhere (docs/access.md)
+                elif isinstance(result, _REFUSALS):
+                    self._refuse(self._refusal(result, command))
+                elif isinstance(result, Exception):
+                    log.error("ws_internal_error conn=%s", self.conn_id, exc_info=result)
+                    self._reply(
+                        protocol.error(
+                            protocol.INTERNAL, "internal server error", command.request_id
+                        )
+                    )
+                else:
+                    self._reply(protocol.ack(command.topic, command.request_id, result.seq))
+            except Exception:
+                self._internal_error(command)
 
     def _one_publish(self, command: protocol.Publish) -> None:
         try:

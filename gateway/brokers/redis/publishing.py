@@ -85,14 +85,23 @@ class Publisher:
             return [self._one(request) for request in requests]
         results: list[Event | Exception | None] = [None] * len(requests)
         sent: list[tuple[int, str, list, list]] = []
+        # One access copy, so one epoch, per topic of the batch: publishes to a topic keep
+        # their order even if the copy expires meanwhile (a stale epoch would be retried
+        # after the publishes behind it).
+        epochs: dict[tuple[str, str | None], str] = {}
         pipe = self._redis.pipeline(transaction=False)
         for index, request in enumerate(requests):
             topic = request.topic
-            try:
-                epoch = self._access.checked(topic, request.check) if request.check else ""
-            except Exception as exc:  # refused, or no such topic: this one alone fails
-                results[index] = exc
-                continue
+            epoch = epochs.get((topic, request.publisher))
+            if epoch is None:
+                try:
+                    epoch = self._access.checked(topic, request.check) if request.check else ""
+                except (redis.ConnectionError, redis.TimeoutError, BrokerUnavailable):
+                    raise  # nothing was sent: the whole batch is unavailable
+                except Exception as exc:  # refused, or no such topic: this one alone fails
+                    results[index] = exc
+                    continue
+                epochs[(topic, request.publisher)] = epoch
             keys, args = self._publish_call(
                 topic, request.message_id, request.payload, request.publisher, None, epoch
             )
@@ -116,8 +125,10 @@ class Publisher:
                         check=request.check,
                     )
                 results[index] = event
-            except (redis.ConnectionError, redis.TimeoutError, BrokerUnavailable):
-                raise
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                # Only this one is in doubt: the ones before it are published (and answered
+                # so), the ones after it are tried and fail or succeed on their own.
+                results[index] = BrokerUnavailable(f"redis: {exc}")
             except Exception as exc:
                 results[index] = exc
         return results  # type: ignore[return-value]
