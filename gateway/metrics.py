@@ -32,6 +32,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from gateway.brokers import Event
+from gateway.supervisor import Loop
 
 log = logging.getLogger("gateway.metrics")
 
@@ -191,13 +192,12 @@ class Sampler:
         self._count_topics = count_topics
         self._interval = interval
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop: Loop | None = None
 
     def start(self) -> Sampler:
-        if self._thread is None:
+        if self._loop is None:
             self._set()  # at once: until then broker_up would read 0
-            self._thread = threading.Thread(target=self._run, name="metrics", daemon=True)
-            self._thread.start()
+            self._loop = Loop("metrics", self._run, self._stopping).start()
         return self
 
     def stop(self) -> None:

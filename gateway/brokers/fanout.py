@@ -25,8 +25,8 @@ class Fanout:
     def __init__(self) -> None:
         self._topics: dict[str, dict[Subscriber, int]] = {}
         self._by_subscriber: dict[Subscriber, set[str]] = {}
-        # Events handed to a subscriber so far (the deliveries metric reads the difference).
-        self.delivered = 0
+        # Events handed to subscribers since `take_delivered` last read it.
+        self._delivered = 0
 
     def add(self, topic: str, subscriber: Subscriber, floor: int = 0) -> bool:
         """Subscribe; False (and nothing changes) if already subscribed."""
@@ -112,8 +112,13 @@ class Fanout:
                         sends.append(send)
                 else:
                     missed += 1
-            self.delivered += len(subscribers) - missed
+            self._delivered += len(subscribers) - missed
         return sends
+
+    def take_delivered(self) -> int:
+        """Return how many events were handed to subscribers since the last call (metrics)."""
+        delivered, self._delivered = self._delivered, 0
+        return delivered
 
     def topics_of(self, subscriber: Subscriber) -> frozenset[str]:
         """Return the topics a subscriber follows."""

@@ -220,9 +220,8 @@ class MemoryBroker(Broker):
                 state.keep(stored, self._ring_size, self._quotas.ring_bytes)
             if key is not None:
                 state.remember(key, event)
-            before = self._fanout.delivered
             sends = self._fanout.deliver(event)
-            deliveries = self._fanout.delivered - before
+            deliveries = self._fanout.take_delivered()
         run_sends(sends)
         self._observer.published(1)
         self._observer.fanned_out((event,), deliveries)

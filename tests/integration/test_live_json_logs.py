@@ -9,8 +9,8 @@ import signal
 import socket
 
 import pytest
-from harness import TS_RE, Server, check_event, create_topic, http, unique, wait_until, ws_connect
-from websockets.exceptions import InvalidStatus
+from harness import TS_RE, Server, create_topic, http, wait_until, ws_connect
+from test_live_logs import exercise_with_secrets
 
 # A path a client chose to forge lines and fields: newlines, quotes, a line separator, an
 # escape sequence, a JSON object of its own, key=value words, and a token in the query.
@@ -24,31 +24,15 @@ FLASK_BANNER = (" * Serving Flask app 'wsgi'", " * Debug mode: off")
 
 
 def workload(srv: Server) -> list[str]:
-    """Register, log in, fail a login, create a topic, use a WebSocket and send junk; return
+    """What test_live_logs.py does with secrets (accounts, a forged token, a WebSocket
+    publish), then a bad frame, a bad body, a hostile path and a broken request line; return
     every secret used."""
-    username = unique("json")
-    password, wrong = f"Pw-{unique('secret')}", f"Wrong-{unique('secret')}"
-    status, body = http(
-        "POST", srv.url + "/users/register", {"username": username, "password": password}
-    )
-    assert status == 201, body
-    token = body["token"]
-    status, body = http(
-        "POST", srv.url + "/users/login", {"username": username, "password": password}
-    )
-    assert status == 200, body
-    login_token = body["token"]
-    status, _ = http("POST", srv.url + "/users/login", {"username": username, "password": wrong})
-    assert status == 401
+    secrets = exercise_with_secrets(srv)
+    token = secrets[2]  # the registration's token
     topic = create_topic(srv, token)
-    with pytest.raises(InvalidStatus) as refused:
-        ws_connect(srv, token + "x")  # a bad token in ?token=: 401, logged
-    assert refused.value.response.status_code == 401
-    with ws_connect(srv, login_token) as sub, ws_connect(srv, header_token=token) as pub:
-        sub.subscribe(topic)
-        pub.publish(topic, {"hello": "json"})
-        check_event(sub.recv(), topic, seq=1)
-        reply = sub.call({"type": "bogus", "request_id": 'a\n{"level":"CRITICAL"}\u2028b'})
+    with ws_connect(srv, token) as client:
+        client.subscribe(topic)
+        reply = client.call({"type": "bogus", "request_id": 'a\n{"level":"CRITICAL"}\u2028b'})
         assert reply["type"] == "error", reply
     status, _ = http("POST", srv.url + "/topics", raw=b"{not json", token=token)
     assert status == 400
@@ -57,13 +41,7 @@ def workload(srv: Server) -> list[str]:
     )
     # The dev server answers this one without a status line: its page names the code.
     assert b"400" in raw_request(srv, "NOT A REQUEST \x01\x02")
-    return [
-        password,
-        wrong,
-        token,
-        login_token,
-        *(t.rsplit(".", 1)[1] for t in (token, login_token)),
-    ]
+    return secrets
 
 
 def raw_request(srv: Server, line: str) -> bytes:

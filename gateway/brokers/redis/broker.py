@@ -208,6 +208,8 @@ class RedisBroker(Broker):
 
     @unavailable
     def publish_many(self, requests: Sequence[Publish]) -> list[Event | Exception]:
+        if len(requests) < 2:  # nothing to pipeline: one publish, or none
+            return super().publish_many(requests)
         return self._publisher.publish_many(requests)
 
     @unavailable

@@ -184,7 +184,7 @@ class Listener:
             if self._events:
                 events, self._events = self._events, []
                 with self._lock:
-                    deliveries, self._fanout.delivered = self._fanout.delivered, 0
+                    deliveries = self._fanout.take_delivered()
                 self._observer.fanned_out(events, deliveries)
 
     def _handle(self, message: dict) -> None:

@@ -81,8 +81,6 @@ class Publisher:
         # One pipeline for the batch: one round trip instead of one per publish. The script
         # is called by its hash; if Redis lost it (a restart), it is loaded and what it
         # refused is sent again, in order (a refused call did nothing).
-        if len(requests) < 2:
-            return [self._one(request) for request in requests]
         results: list[Event | Exception | None] = [None] * len(requests)
         sent: list[tuple[int, str, list, list]] = []
         # One access copy, so one epoch, per topic of the batch: publishes to a topic keep
@@ -182,17 +180,3 @@ class Publisher:
                 self._published.clear()  # a bound: names of deleted topics pile up otherwise
             self._published[topic] = (str(event.seq), created[0])
         return event
-
-    def _one(self, request: Publish) -> Event | Exception:
-        try:
-            return self.publish(
-                request.topic,
-                request.message_id,
-                request.payload,
-                publisher=request.publisher,
-                check=request.check,
-            )
-        except (redis.ConnectionError, redis.TimeoutError, BrokerUnavailable):
-            raise
-        except Exception as exc:
-            return exc
